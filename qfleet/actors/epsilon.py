@@ -1,0 +1,37 @@
+"""Exploration schedules, pure functions of an env's place in the fleet or of time.
+
+Ape-X (Horgan et al. 2018) gives each of the fleet's N envs a fixed
+ε_i = ε^(1 + α·i/(N−1)): a few envs explore hard, most act nearly greedily, and no
+schedule has to be tuned to the run length. The linear decay is the classic DQN one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from qfleet.config import ActorsConfig
+
+
+def apex_epsilon(i: int | np.ndarray, n: int, eps: float = 0.4, alpha: float = 7.0) -> np.ndarray:
+    """ε_i for env i of n; a single env gets ε itself."""
+    i = np.asarray(i, dtype=np.float64)
+    if n <= 1:
+        return np.full(i.shape, eps)
+    return eps ** (1.0 + alpha * i / (n - 1))
+
+
+def linear_epsilon(step: int, start: float, end: float, decay_steps: int) -> float:
+    """From `start` at step 0 to `end` at `decay_steps`, then flat."""
+    frac = min(max(step, 0) / decay_steps, 1.0)
+    return start + frac * (end - start)
+
+
+def fleet_epsilons(cfg: ActorsConfig, actor_index: int, fleet_step: int = 0) -> np.ndarray:
+    """ε for each env of one actor; envs are numbered over the whole fleet."""
+    e = cfg.envs_per_actor
+    if cfg.epsilon == "apex":
+        total = cfg.num_actors * e
+        first = actor_index * e
+        return apex_epsilon(np.arange(first, first + e), total, cfg.apex_epsilon, cfg.apex_alpha)
+    eps = linear_epsilon(fleet_step, cfg.epsilon_start, cfg.epsilon_end, cfg.epsilon_decay_steps)
+    return np.full(e, eps)

@@ -1,0 +1,185 @@
+"""The `qfleet` command: train, evaluate.
+
+Every user error (config, env id, checkpoint, resources) ends as one line on stderr and
+exit code 2, before Ray starts whenever it can be known then.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import statistics
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from qfleet.checkpoint import CheckpointError, find_checkpoint, load_checkpoint
+from qfleet.config import Config, ConfigError, config_from_dict, load_config
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+                  help="Distributed DQN training on Ray.")
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
+    print(f"qfleet: error: {message}", file=sys.stderr)
+    return typer.Exit(code)
+
+
+def _default_run_dir(config: Config) -> Path:
+    name = re.sub(r"[^A-Za-z0-9]+", "-", config.env.id).strip("-").lower()
+    return Path("runs") / f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def _split_args(args: list[str]) -> tuple[str | None, list[str]]:
+    """`CONFIG k=v ...`: the config file is the one argument without `=`."""
+    paths = [a for a in args if "=" not in a]
+    if len(paths) > 1:
+        raise ConfigError(f"expected one config file, got {len(paths)}: {' '.join(paths)}")
+    return (paths[0] if paths else None), [a for a in args if "=" in a]
+
+
+def _prepare_train(args: list[str], run_dir: Path | None, resume: Path | None,
+                   address: str | None):
+    """Everything that can be refused before Ray starts: config, env, checkpoint, memory."""
+    from qfleet.envs import env_spec
+    from qfleet.learner.learner import check_replay_fits, pick_device
+
+    path, overrides = _split_args(args)
+    resume_state = None
+    if resume is not None:
+        if not (resume / "config.yaml").is_file():
+            raise CheckpointError(f"--resume {str(resume)!r} is not a qfleet run directory "
+                                  "(no config.yaml)")
+        resume_state = load_checkpoint(resume)
+        config = load_config(path or resume / "config.yaml", overrides)
+        run_dir = run_dir or resume
+    else:
+        if path is None:
+            raise ConfigError("missing CONFIG: give a YAML config file (see configs/)")
+        config = load_config(path, overrides)
+    spec = env_spec(config.env)
+    try:
+        from qfleet.networks import build_q_network
+
+        build_q_network(config.network, spec)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if resume_state is not None:
+        _check_compatible(resume_state, config, spec)
+    if not (address or os.environ.get("RAY_ADDRESS")):
+        # Local learner: its device's free memory is knowable now.
+        check_replay_fits(config, spec, pick_device(config.learner.device))
+    return config, spec, run_dir or _default_run_dir(config), resume_state
+
+
+def _check_compatible(state: dict, config: Config, spec) -> None:
+    from qfleet.networks import build_q_network
+
+    net = build_q_network(config.network, spec)
+    try:
+        net.load_state_dict(state["network"])
+    except (RuntimeError, KeyError) as err:
+        first = str(err).strip().splitlines()[0][:160]
+        raise CheckpointError(f"checkpoint does not match env {config.env.id!r} and this "
+                              f"network: {first}") from None
+
+
+@app.command()
+def train(
+    args: Annotated[list[str] | None, typer.Argument(
+        help="CONFIG.yaml followed by overrides such as learner.lr=3e-4")] = None,
+    run_dir: Annotated[Path | None, typer.Option(help="Where logs and checkpoints go.")] = None,
+    address: Annotated[str | None, typer.Option(
+        help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")] = None,
+    resume: Annotated[Path | None, typer.Option(
+        help="Continue a run from its newest checkpoint.")] = None,
+) -> None:
+    """Train a DQN fleet: actors on CPUs, one learner, live console and TensorBoard."""
+    start = time.monotonic()
+    from qfleet.learner.learner import LearnerError
+
+    try:
+        config, spec, run_dir_, resume_state = _prepare_train(args or [], run_dir, resume,
+                                                              address)
+    except (ConfigError, CheckpointError, LearnerError) as err:
+        raise _fail(str(err)) from None
+
+    import ray
+
+    from qfleet.fleet import Fleet, FleetError, connect_ray
+
+    needed = config.actors.num_actors * config.actors.num_cpus + 1
+    try:
+        connect_ray(address, needed)
+        fleet = Fleet(config, spec, run_dir_, command_start=start, resume=resume_state)
+        summary = fleet.run()
+    except LearnerError as err:
+        raise _fail(str(err)) from None
+    except FleetError as err:
+        raise _fail(str(err), 1) from None
+    except KeyboardInterrupt:
+        raise _fail("interrupted twice: exiting without a final checkpoint",
+                    EXIT_INTERRUPTED) from None
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+    print(json.dumps(summary))
+    if summary["stopped_by"] == "interrupted":
+        raise typer.Exit(EXIT_INTERRUPTED)
+
+
+@app.command()
+def evaluate(
+    path: Annotated[Path, typer.Argument(help="A checkpoint file or a run directory.")],
+    episodes: Annotated[int, typer.Option(min=1, help="Episodes to run.")] = 10,
+    epsilon: Annotated[float, typer.Option(min=0.0, max=1.0,
+                                           help="Random-action probability.")] = 0.001,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Run a trained network (near-)greedily and print each episode and mean ± std."""
+    from qfleet.envs import env_spec
+    from qfleet.evaluate import Evaluator
+
+    try:
+        file = find_checkpoint(path)
+        state = load_checkpoint(file)
+        config = config_from_dict(state["config"])
+        spec = env_spec(config.env)
+        _check_compatible(state, config, spec)
+    except (ConfigError, CheckpointError) as err:
+        raise _fail(str(err)) from None
+    results = Evaluator(config, spec).evaluate(state["network"], episodes, epsilon)
+    returns = [e.ret for e in results]
+    mean, std = statistics.fmean(returns), statistics.pstdev(returns)
+    if as_json:
+        print(json.dumps({"checkpoint": str(file), "episodes": [e._asdict() for e in results],
+                          "return_mean": mean, "return_std": std}))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{config.env.id} — {file}")
+    for col in ("episode", "steps", "return", "outcome"):
+        table.add_column(col, justify="right")
+    for i, e in enumerate(results, 1):
+        table.add_row(str(i), f"{e.length:,}", f"{e.ret:.2f}",
+                      "terminated" if e.terminated else "truncated")
+    console = Console()
+    console.print(table)
+    console.print(f"mean return {mean:.2f} ± {std:.2f} over {len(results)} episodes")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

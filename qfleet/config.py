@@ -1,0 +1,228 @@
+"""The run configuration: one typed, frozen schema, loaded from YAML with dotted overrides.
+
+Everything a run can vary lives here and is validated once, before Ray starts, so a typo
+costs a second and one clear line rather than a dead cluster job. Code deeper in reads
+these objects, never raw dicts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """Bad user input: printed as one line, exit code 2."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class EnvConfig(_Section):
+    id: str = "CartPole-v1"
+    """Any Gymnasium id; `ALE/<Game>-v5` ids get the standard DQN Atari preprocessing."""
+    seed: int = 0
+    clip_rewards: bool | None = None
+    """Clip rewards to [-1, 1] for the loss (returns are reported raw); default: on for ALE."""
+    frame_stack: int = Field(4, ge=1, le=16)
+    noop_max: int = Field(30, ge=0)
+    sticky_actions: float | None = Field(None, ge=0.0, le=1.0)
+    """Repeat-action probability; default: 0.25 for `-v5` ALE ids (Machado et al. 2018), else 0."""
+    episodic_life: bool = False
+    max_episode_steps: int | None = Field(None, ge=1)
+    env_threads: int = Field(0, ge=0)
+    """ALE emulator threads per actor; 0 = one per env up to the actor's CPUs."""
+
+
+class NetworkConfig(_Section):
+    kind: Literal["auto", "mlp", "nature_cnn"] = "auto"
+    """`auto`: Nature CNN for image observations, MLP otherwise."""
+    hidden: tuple[int, ...] = (64, 64)
+    dueling: bool = False
+
+    @model_validator(mode="after")
+    def _check_hidden(self) -> NetworkConfig:
+        if not self.hidden or any(h < 1 for h in self.hidden):
+            raise ValueError("hidden: needs one or more positive layer sizes")
+        return self
+
+
+class ActorsConfig(_Section):
+    num_actors: int = Field(2, ge=1, le=4096)
+    envs_per_actor: int = Field(8, ge=1, le=1024)
+    epsilon: Literal["apex", "linear"] = "apex"
+    """`apex`: fixed ε_i = ε^(1+α·i/(N−1)) over all N envs of the fleet; `linear`: decays."""
+    apex_epsilon: float = Field(0.4, gt=0.0, le=1.0)
+    apex_alpha: float = Field(7.0, ge=0.0)
+    epsilon_start: float = Field(1.0, ge=0.0, le=1.0)
+    epsilon_end: float = Field(0.05, ge=0.0, le=1.0)
+    epsilon_decay_steps: int = Field(10_000, ge=1)
+    """Fleet env steps over which the linear ε decays."""
+    chunk_steps: int = Field(16, ge=1)
+    """Vector steps per chunk sent to the learner (chunk = steps × envs transitions)."""
+    max_in_flight: int = Field(2, ge=1, le=64)
+    """Chunks an actor may have unacknowledged by the learner: the backpressure bound."""
+    num_cpus: float = Field(1.0, gt=0.0)
+
+
+class LearnerConfig(_Section):
+    lr: float = Field(1e-4, gt=0.0, le=1.0)
+    adam_eps: float = Field(1.5e-4, gt=0.0)
+    batch_size: int = Field(32, ge=1, le=65536)
+    gamma: float = Field(0.99, ge=0.0, le=1.0)
+    n_step: int = Field(1, ge=1, le=100)
+    loss: Literal["mse", "huber"] = "mse"
+    double_dqn: bool = False
+    target_update: Literal["none", "hard", "polyak"] = "hard"
+    """`none`: bootstrap from the online network (the course's barebone DQN)."""
+    target_update_every: int = Field(1000, ge=1)
+    """Updates between hard target syncs."""
+    tau: float = Field(0.005, gt=0.0, le=1.0)
+    grad_clip: float | None = Field(None, gt=0.0)
+    replay_ratio: float | None = Field(None, gt=0.0)
+    """Upper bound on (updates × batch_size) / env steps; none = learn as fast as possible."""
+    publish_every: int = Field(10, ge=1)
+    """Updates between weight publishes to the actors."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_threads: int = Field(1, ge=1)
+    inbox_chunks: int = Field(8, ge=1)
+    """Chunks the learner queues before `add` blocks the sending actors (backpressure)."""
+
+
+class ReplayConfig(_Section):
+    kind: Literal["uniform", "none"] = "uniform"
+    """`none`: no replay, learn on each streamed transition once, in arrival order."""
+    capacity: int = Field(100_000, ge=1)
+    min_size: int = Field(1000, ge=1)
+    """Transitions stored before learning starts (warm-up)."""
+
+
+class StopConfig(_Section):
+    env_steps: int | None = Field(None, ge=1)
+    time_s: float | None = Field(None, gt=0)
+    target_return: float | None = None
+    """Stop when the greedy evaluation mean reaches this."""
+
+    @model_validator(mode="after")
+    def _one_limit(self) -> StopConfig:
+        if self.env_steps is None and self.time_s is None and self.target_return is None:
+            raise ValueError("set at least one of env_steps, time_s, target_return")
+        return self
+
+
+class EvalConfig(_Section):
+    every_s: float = Field(30.0, gt=0)
+    episodes: int = Field(10, ge=1, le=1000)
+    epsilon: float = Field(0.0, ge=0.0, le=1.0)
+
+
+class LogConfig(_Section):
+    console_every_s: float = Field(5.0, gt=0)
+    episode_every_s: float = Field(2.0, gt=0)
+    """At most one episode line per this many seconds (the rest are counted)."""
+    checkpoint_every_updates: int = Field(10_000, ge=1)
+    keep_checkpoints: int = Field(3, ge=1)
+
+
+class Config(_Section):
+    env: EnvConfig = EnvConfig()
+    network: NetworkConfig = NetworkConfig()
+    actors: ActorsConfig = ActorsConfig()
+    learner: LearnerConfig = LearnerConfig()
+    replay: ReplayConfig = ReplayConfig()
+    stop: StopConfig = StopConfig(time_s=600)
+    eval: EvalConfig = EvalConfig()
+    log: LogConfig = LogConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        if self.replay.kind == "uniform" and self.replay.min_size > self.replay.capacity:
+            raise ValueError(
+                f"replay.min_size ({self.replay.min_size}) exceeds replay.capacity "
+                f"({self.replay.capacity})"
+            )
+        if self.replay.kind == "uniform" and self.learner.batch_size > self.replay.capacity:
+            raise ValueError("learner.batch_size exceeds replay.capacity")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (lists, not tuples), for YAML, JSON and checkpoints."""
+        return self.model_dump(mode="json")
+
+
+def _format_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    msg = msg.removeprefix("Value error, ")
+    text = f"{where}: {msg}" if where else msg
+    if first["type"] not in ("extra_forbidden", "missing") and "input" in first:
+        given = first["input"]
+        if not isinstance(given, dict):
+            text += f" (got {given!r})"
+    extra = len(err.errors()) - 1
+    return text + (f" (and {extra} more)" if extra else "")
+
+
+def apply_override(data: dict[str, Any], override: str) -> None:
+    """Set `section.key=value` in raw config data; the value is parsed as YAML."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r}: expected section.key=value")
+    path, raw = override.split("=", 1)
+    keys = path.strip().split(".")
+    if len(keys) < 2 or not all(keys):
+        raise ConfigError(f"override {override!r}: expected section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    node = data
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {override!r}: {key} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML file (or start from defaults), apply overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            text = p.read_text()
+        except OSError as err:
+            raise ConfigError(f"cannot read config {str(p)!r}: {err.strerror or err}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark is not None else ""
+            problem = getattr(err, "problem", None) or "invalid YAML"
+            raise ConfigError(f"config {str(p)!r}{where}: {problem}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config {str(p)!r}: expected a mapping of sections at the top")
+        data = loaded
+    for override in overrides:
+        apply_override(data, override)
+    return config_from_dict(data)
+
+
+def save_config(config: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -1,0 +1,169 @@
+"""One factory for vectorized environments, with one step contract for the actor.
+
+ALE ids run on ale_py's C++ `AtariVectorEnv` with the DQN preprocessing built in (84×84
+grayscale, frame skip 4 with max-pooling, 4-frame stack, no-op starts); any other Gymnasium
+id runs in a `SyncVectorEnv`. Both autoreset in the same step, and `VecEnv.step` hands the
+actor the true next observation (the final one at an episode end) next to the observation
+to act on, so the n-step adder never has to know which backend produced them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cache
+
+import gymnasium as gym
+import numpy as np
+
+from qfleet.config import ConfigError, EnvConfig
+
+ALE_PREFIX = "ALE/"
+# 108,000 frames = 30 minutes of play, the standard Atari episode cap (Machado et al. 2018).
+ALE_MAX_FRAMES = 108_000
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """What the network and the replay need to know about an environment."""
+
+    obs_shape: tuple[int, ...]
+    obs_dtype: np.dtype
+    num_actions: int
+    is_atari: bool
+
+
+@dataclass
+class Step:
+    obs: np.ndarray
+    """Observations to act on next (already reset where an episode ended)."""
+    next_obs: np.ndarray
+    """True successor observations: the final observation where an episode ended."""
+    rewards: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+
+
+def is_atari(env_id: str) -> bool:
+    return env_id.startswith(ALE_PREFIX)
+
+
+def _ale_game(env_id: str) -> str:
+    """`ALE/SpaceInvaders-v5` -> `space_invaders` (the ROM name ale_py expects)."""
+    name = env_id[len(ALE_PREFIX) :].split("-")[0]
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+@cache
+def _register_ale() -> None:
+    import ale_py
+
+    gym.register_envs(ale_py)
+
+
+def check_env_id(env_id: str) -> None:
+    """Refuse unknown ids up front, naming the key."""
+    if is_atari(env_id):
+        from ale_py import roms
+
+        _register_ale()
+        game = _ale_game(env_id)
+        if env_id not in gym.envs.registry or roms.get_rom_path(game) is None:
+            raise ConfigError(f"env.id: unknown Atari environment {env_id!r}")
+        return
+    if env_id not in gym.envs.registry:
+        raise ConfigError(f"env.id: unknown Gymnasium environment {env_id!r}")
+
+
+def env_spec(cfg: EnvConfig) -> EnvSpec:
+    """Shapes and action count, from the action/observation spaces of one env."""
+    check_env_id(cfg.id)
+    if is_atari(cfg.id):
+        env = make_vec_env(cfg, num_envs=1, seed=cfg.seed)
+        n = int(env.num_actions)
+        env.close()
+        return EnvSpec((cfg.frame_stack, 84, 84), np.dtype(np.uint8), n, True)
+    try:
+        env = gym.make(cfg.id)
+    except Exception as err:  # missing optional dependency, bad kwargs, ...
+        raise ConfigError(f"env.id: cannot make {cfg.id!r}: {err}") from None
+    try:
+        space, action_space = env.observation_space, env.action_space
+    finally:
+        env.close()
+    if not isinstance(action_space, gym.spaces.Discrete):
+        raise ConfigError(f"env.id: {cfg.id!r} has a {type(action_space).__name__} action "
+                          "space; DQN needs Discrete actions")
+    if not isinstance(space, gym.spaces.Box):
+        raise ConfigError(f"env.id: {cfg.id!r} has a {type(space).__name__} observation "
+                          "space; qfleet supports Box observations")
+    dtype = np.dtype(np.uint8) if space.dtype == np.uint8 else np.dtype(np.float32)
+    return EnvSpec(tuple(space.shape), dtype, int(action_space.n), False)
+
+
+def clip_rewards_default(cfg: EnvConfig) -> bool:
+    return is_atari(cfg.id) if cfg.clip_rewards is None else cfg.clip_rewards
+
+
+class VecEnv:
+    """A vector of envs that autoresets in the same step, with `Step` as its contract."""
+
+    def __init__(self, env: gym.vector.VectorEnv, obs_dtype: np.dtype) -> None:
+        self._env = env
+        self.num_envs = env.num_envs
+        self.num_actions = int(env.single_action_space.n)
+        self._dtype = obs_dtype
+
+    def reset(self, seed: int) -> np.ndarray:
+        obs, _ = self._env.reset(seed=seed)
+        return np.asarray(obs, dtype=self._dtype)
+
+    def step(self, actions: np.ndarray) -> Step:
+        obs, rewards, terminated, truncated, info = self._env.step(actions)
+        obs = np.asarray(obs, dtype=self._dtype)
+        done = terminated | truncated
+        next_obs = obs
+        if done.any():
+            next_obs = obs.copy()
+            final = info["final_obs"]
+            for i in np.flatnonzero(done):
+                next_obs[i] = final[i]
+        return Step(obs, next_obs, np.asarray(rewards, dtype=np.float32),
+                    np.asarray(terminated, dtype=bool), np.asarray(truncated, dtype=bool))
+
+    def close(self) -> None:
+        self._env.close()
+
+
+def make_vec_env(cfg: EnvConfig, num_envs: int, seed: int, num_threads: int = 0) -> VecEnv:
+    """Build `num_envs` copies of `cfg.id` for one actor (or the evaluator)."""
+    if is_atari(cfg.id):
+        from ale_py.vector_env import AtariVectorEnv
+
+        sticky = cfg.sticky_actions
+        if sticky is None:
+            sticky = 0.25 if cfg.id.endswith("-v5") else 0.0
+        max_frames = ALE_MAX_FRAMES if cfg.max_episode_steps is None else cfg.max_episode_steps * 4
+        env = AtariVectorEnv(
+            _ale_game(cfg.id),
+            num_envs,
+            num_threads=num_threads or cfg.env_threads or min(num_envs, 2),
+            repeat_action_probability=sticky,
+            max_num_frames_per_episode=max_frames,
+            stack_num=cfg.frame_stack,
+            noop_max=cfg.noop_max,
+            episodic_life=cfg.episodic_life,
+            reward_clipping=False,  # returns are reported raw; the actor clips for the loss
+            autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+        )
+        return VecEnv(env, np.dtype(np.uint8))
+    kwargs = {}
+    if cfg.max_episode_steps is not None:
+        kwargs["max_episode_steps"] = cfg.max_episode_steps
+    env = gym.vector.SyncVectorEnv(
+        [lambda: gym.make(cfg.id, **kwargs) for _ in range(num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
+    space = env.single_observation_space
+    dtype = np.dtype(np.uint8) if space.dtype == np.uint8 else np.dtype(np.float32)
+    return VecEnv(env, dtype)

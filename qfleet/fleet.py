@@ -1,0 +1,276 @@
+"""The driver: starts the fleet, supervises it, reports, checkpoints and stops it.
+
+The driver never touches transitions or weights in steady state: it pulls one small stats
+dict from the learner per tick, restarts actors that died, launches greedy evaluations on
+the newest published weights, and writes TensorBoard, checkpoints and `summary.json` into
+the run directory on its own machine.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import signal
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from qfleet.checkpoint import save_checkpoint
+from qfleet.config import Config, save_config
+from qfleet.envs import EnvSpec
+from qfleet.learner.learner import LearnerError
+from qfleet.remote import RemoteActor, RemoteEvaluator, RemoteLearner
+from qfleet.reporting import Reporter
+from qfleet.transitions import Episode
+
+TICK_S = 0.25
+
+
+class FleetError(RuntimeError):
+    """The run cannot go on (the learner died, resources never appear)."""
+
+
+@dataclass
+class _State:
+    env_steps: int = 0
+    updates: int = 0
+    episodes: int = 0
+    actor_restarts: int = 0
+    eval_mean: float | None = None
+    eval_std: float | None = None
+    time_to_target: float | None = None
+    stopped_by: str = ""
+    nodes: set[str] = field(default_factory=set)
+
+
+def connect_ray(address: str | None, cpus_needed: float) -> None:
+    """Join a cluster (`--address`, `RAY_ADDRESS`, `ray job submit`) or start a local one."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level="WARNING", log_to_driver=True)
+        return
+    # A local Ray schedules by logical CPUs; actors mostly wait on envs and the learner, so
+    # the fleet may ask for more logical CPUs than the machine has cores.
+    ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(cpus_needed)),
+             include_dashboard=False, logging_level="WARNING", log_to_driver=True)
+
+
+def _learner_start_error(err: Exception) -> Exception:
+    """Turn a learner that died in its constructor back into the one-line error it raised."""
+    match = re.search(r"LearnerError: (.+)", str(err))
+    if match:
+        return LearnerError(match.group(1).strip())
+    return FleetError(f"the learner failed to start: {str(err).strip().splitlines()[0]}")
+
+
+class Fleet:
+    def __init__(self, config: Config, spec: EnvSpec, run_dir: Path, *,
+                 command_start: float, resume: dict[str, Any] | None = None,
+                 reporter: Reporter | None = None) -> None:
+        self.config, self.spec, self.run_dir = config, spec, run_dir
+        self.command_start = command_start
+        self.resume = resume
+        counters = (resume or {}).get("counters", {})
+        self.state = _State(env_steps=int(counters.get("env_steps", 0)),
+                            updates=int(counters.get("updates", 0)),
+                            episodes=int(counters.get("episodes", 0)))
+        self.reporter = reporter or Reporter(config, run_dir, start_step=self.state.env_steps)
+        self._stop_requested = False
+        self._cfg = config.to_dict()
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def _start(self) -> None:
+        c = self.config
+        gpus = ray.cluster_resources().get("GPU", 0)
+        learner_opts: dict[str, Any] = {"num_cpus": 1}
+        if c.learner.device != "cpu" and gpus >= 1:
+            learner_opts["num_gpus"] = 1
+        resume_state = None
+        if self.resume is not None:
+            resume_state = {k: self.resume[k] for k in ("network", "target", "optimizer",
+                                                        "counters")}
+        self.learner = RemoteLearner.options(**learner_opts).remote(
+            self._cfg, self.spec, resume_state)
+        try:
+            self.learner_device = ray.get(self.learner.device.remote())
+        except ray.exceptions.RayActorError as err:
+            raise _learner_start_error(err) from None
+        self.actors: dict[int, Any] = {}
+        self.runs: dict[ray.ObjectRef, int] = {}
+        for i in range(c.actors.num_actors):
+            self._start_actor(i)
+        self.evaluator = RemoteEvaluator.options(num_cpus=0).remote(self._cfg, self.spec)
+
+    def _start_actor(self, index: int, generation: int = 0) -> None:
+        c = self.config
+        seed = c.env.seed + 1000 * index + 7919 * generation + 1
+        actor = RemoteActor.options(num_cpus=c.actors.num_cpus, scheduling_strategy="SPREAD")\
+            .remote(self._cfg, self.spec, index, seed, self.learner)
+        self.actors[index] = actor
+        self.state.nodes.add(ray.get(actor.node_id.remote()))  # before run() occupies it
+        self.runs[actor.run.remote()] = index
+
+    def _check_actors(self) -> None:
+        """Recreate any actor whose loop ended with an error (process killed, env raised)."""
+        if not self.runs:
+            return
+        done, _ = ray.wait(list(self.runs), num_returns=len(self.runs), timeout=0)
+        for ref in done:
+            index = self.runs.pop(ref)
+            try:
+                ray.get(ref)
+                continue  # a clean return: the learner told it to stop
+            except Exception as err:
+                reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+            if self._stop_requested:
+                continue
+            self.state.actor_restarts += 1
+            self.reporter.print(f"actor {index} died ({reason}); restarting it "
+                                f"(restart #{self.state.actor_restarts})")
+            ray.kill(self.actors[index], no_restart=True)
+            self._start_actor(index, self.state.actor_restarts)
+
+    def request_stop(self, *_: Any) -> None:
+        self._stop_requested = True
+
+    # -- the loop ------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        c, s = self.config, self.state
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(c, self.run_dir / "config.yaml")
+        self._start()
+        self.reporter.print(
+            f"qfleet: {c.env.id} | learner on {self.learner_device} | "
+            f"{c.actors.num_actors} actors x {c.actors.envs_per_actor} envs on "
+            f"{len(s.nodes)} node(s) | run dir {self.run_dir}")
+        train_start = time.monotonic()
+        last = (train_start, s.env_steps, s.updates)
+        last_eval_launch = train_start
+        next_ckpt = s.updates + c.log.checkpoint_every_updates
+        eval_ref: ray.ObjectRef | None = None
+        weights_ref = None
+        previous = signal.signal(signal.SIGTERM, self.request_stop)
+        try:
+            while not self._stop_requested:
+                time.sleep(TICK_S)
+                stats = ray.get(self.learner.stats.remote())
+                self._absorb(stats)
+                weights_ref = stats["weights"][0]
+                now = time.monotonic()
+                dt = max(now - last[0], 1e-9)
+                rates = {"env_steps_per_s": (s.env_steps - last[1]) / dt,
+                         "updates_per_s": (s.updates - last[2]) / dt}
+                if now - last[0] >= 1.0:
+                    self.reporter.scalars(stats, rates, s.env_steps)
+                    self.reporter.status(now - self.command_start, stats, rates, s.eval_mean)
+                    last = (now, s.env_steps, s.updates)
+                self._check_actors()
+                if eval_ref is not None and ray.wait([eval_ref], timeout=0)[0]:
+                    self._record_eval(ray.get(eval_ref)[0])
+                    eval_ref = None
+                if (eval_ref is None and s.updates > 0
+                        and now - last_eval_launch >= c.eval.every_s):
+                    eval_ref = self.evaluator.evaluate.remote(weights_ref, c.eval.episodes,
+                                                              c.eval.epsilon)
+                    last_eval_launch = now
+                if s.updates >= next_ckpt:
+                    self._checkpoint(ray.get(self.learner.state.remote()))
+                    next_ckpt = s.updates + c.log.checkpoint_every_updates
+                if self._should_stop(now - train_start):
+                    break
+            if self._stop_requested and not s.stopped_by:
+                s.stopped_by = "interrupted"
+        except KeyboardInterrupt:
+            s.stopped_by = "interrupted"
+            # A second Ctrl-C during the shutdown below exits at once.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        return self._finish(train_start, eval_ref, weights_ref)
+
+    def _absorb(self, stats: dict[str, Any]) -> None:
+        s = self.state
+        s.env_steps, s.updates = stats["env_steps"], stats["updates"]
+        episodes = [Episode(*e) for e in stats["episode_list"]]
+        self.reporter.episodes(episodes, s.episodes + 1, s.env_steps)
+        s.episodes += len(episodes)
+
+    def _record_eval(self, results: list[tuple[float, int, bool]]) -> None:
+        s, c = self.state, self.config
+        returns = [r[0] for r in results]
+        s.eval_mean = statistics.fmean(returns)
+        s.eval_std = statistics.pstdev(returns)
+        elapsed = time.monotonic() - self.command_start
+        self.reporter.evaluation(returns, s.env_steps, elapsed)
+        target = c.stop.target_return
+        if target is not None and s.eval_mean >= target and s.time_to_target is None:
+            s.time_to_target = elapsed
+            s.stopped_by = "target_return"
+
+    def _should_stop(self, elapsed: float) -> bool:
+        s, stop = self.state, self.config.stop
+        if s.stopped_by == "target_return":
+            return True
+        if stop.env_steps is not None and s.env_steps >= stop.env_steps:
+            s.stopped_by = "env_steps"
+        elif stop.time_s is not None and elapsed >= stop.time_s:
+            s.stopped_by = "time_s"
+        return bool(s.stopped_by)
+
+    def _checkpoint(self, state: dict[str, Any]) -> Path:
+        state = {**state, "config": self._cfg,
+                 "spec": {"obs_shape": list(self.spec.obs_shape),
+                          "obs_dtype": str(self.spec.obs_dtype),
+                          "num_actions": self.spec.num_actions}}
+        return save_checkpoint(self.run_dir, state, self.config.log.keep_checkpoints)
+
+    def _finish(self, train_start: float, eval_ref: ray.ObjectRef | None,
+                weights_ref: Any) -> dict[str, Any]:
+        s, c = self.state, self.config
+        final = ray.get(self.learner.stop.remote())
+        path = self._checkpoint(final)
+        s.updates = int(final["counters"]["updates"])
+        s.env_steps = int(final["counters"]["env_steps"])
+        self.reporter.print(f"checkpoint written: {path}")
+        if s.stopped_by != "interrupted" and s.stopped_by != "target_return":
+            # The summary reports a greedy evaluation of the final weights.
+            if eval_ref is not None:
+                ray.cancel(eval_ref, force=True)
+            final_weights = ray.put(final["network"])
+            self._record_eval(ray.get(self.evaluator.evaluate.remote(
+                final_weights, c.eval.episodes, c.eval.epsilon))[0])
+        wall = time.monotonic() - self.command_start
+        summary = {
+            "env_id": c.env.id,
+            "env_steps": s.env_steps,
+            "updates": s.updates,
+            "episodes": s.episodes,
+            "wall_time_s": round(wall, 3),
+            "train_time_s": round(time.monotonic() - train_start, 3),
+            "eval_return_mean": s.eval_mean,
+            "eval_return_std": s.eval_std,
+            "target_return": c.stop.target_return,
+            "time_to_target_s": None if s.time_to_target is None else round(s.time_to_target, 3),
+            "stopped_by": s.stopped_by,
+            "actor_restarts": s.actor_restarts,
+            "actor_nodes": len(s.nodes),
+            "learner_device": self.learner_device,
+            "checkpoint": str(path),
+        }
+        tmp = self.run_dir / "summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        os.replace(tmp, self.run_dir / "summary.json")
+        self.reporter.status(wall, {"env_steps": s.env_steps, "updates": s.updates},
+                             {"env_steps_per_s": s.env_steps / max(wall, 1e-9),
+                              "updates_per_s": s.updates / max(wall, 1e-9)},
+                             s.eval_mean, force=True)
+        self.reporter.close()
+        return summary

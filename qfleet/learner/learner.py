@@ -1,0 +1,207 @@
+"""The Learner: replay, online and target networks, Adam, and the counters a run resumes from.
+
+Plain Python, no Ray: `add(chunk)` stores transitions, `step()` does one update when the
+warm-up and the replay ratio allow it, `get_weights()` hands out a versioned CPU copy.
+The Ray wrapper (`qfleet.remote`) runs `step()` in a loop and feeds `add()` from actors.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import torch
+
+from qfleet.config import Config
+from qfleet.envs import EnvSpec
+from qfleet.learner.loss import dqn_loss
+from qfleet.learner.replay import ReplayBuffer, StreamBuffer, bytes_per_transition
+from qfleet.networks import build_q_network
+from qfleet.transitions import Chunk, Episode
+
+
+class LearnerError(RuntimeError):
+    """A learner that cannot start as configured (reported as a config error)."""
+
+
+def pick_device(wanted: str) -> torch.device:
+    if wanted == "cuda" and not torch.cuda.is_available():
+        raise LearnerError("learner.device: cuda requested but no GPU is visible to the learner")
+    if wanted == "auto":
+        wanted = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(wanted)
+
+
+def check_replay_fits(config: Config, spec: EnvSpec, device: torch.device) -> None:
+    """Refuse a replay that cannot fit in the learner device's free memory."""
+    if config.replay.kind != "uniform":
+        return
+    need = config.replay.capacity * bytes_per_transition(spec.obs_shape, spec.obs_dtype)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+    else:
+        import psutil
+
+        free = psutil.virtual_memory().available
+    # Leave a quarter for the networks, the batches and everything else on the machine.
+    if need > 0.75 * free:
+        raise LearnerError(
+            f"replay.capacity: {config.replay.capacity} transitions need {need / 2**30:.1f} GiB "
+            f"but the learner's {device.type} has {free / 2**30:.1f} GiB free")
+
+
+class Learner:
+    def __init__(self, config: Config, spec: EnvSpec, device: torch.device | str = "cpu") -> None:
+        self.config, self.spec = config, spec
+        self.device = torch.device(device)
+        lc = config.learner
+        torch.manual_seed(config.env.seed)
+        self.online = build_q_network(config.network, spec).to(self.device)
+        self.target = (self.online if lc.target_update == "none"
+                       else copy.deepcopy(self.online).requires_grad_(False))
+        self.optimizer = torch.optim.Adam(self.online.parameters(), lr=lc.lr, eps=lc.adam_eps)
+        self.replay: ReplayBuffer | StreamBuffer
+        if config.replay.kind == "uniform":
+            self.replay = ReplayBuffer(config.replay.capacity, spec.obs_shape, spec.obs_dtype,
+                                       self.device)
+        else:
+            self.replay = StreamBuffer(self.device)
+        self.updates = 0
+        self.env_steps = 0
+        self.transitions = 0
+        self.episodes = 0
+        self.version = 0
+        self.nonfinite_skipped = 0
+        self._reset_stats()
+
+    # -- data in -------------------------------------------------------------------------
+    def add(self, chunk: Chunk) -> list[Episode]:
+        self.replay.add(chunk.transitions)
+        self.env_steps += chunk.env_steps
+        self.transitions += len(chunk.transitions)
+        self.episodes += len(chunk.episodes)
+        self._lag_sum += self.version - chunk.version
+        self._chunks += 1
+        self._eps_sum += chunk.epsilon
+        return chunk.episodes
+
+    # -- learning ------------------------------------------------------------------------
+    def ready(self) -> bool:
+        """Warm-up done, a batch available, and not ahead of the replay ratio."""
+        lc = self.config.learner
+        if not self.replay.can_sample(lc.batch_size):
+            return False
+        if self.config.replay.kind == "uniform":
+            if len(self.replay) < self.config.replay.min_size:
+                return False
+            if lc.replay_ratio is not None and \
+                    (self.updates + 1) * lc.batch_size > lc.replay_ratio * self.transitions:
+                return False
+        return True
+
+    def wants_data(self) -> bool:
+        """A stream learns each transition once: take more only when the stream runs dry."""
+        if self.config.replay.kind == "none":
+            return len(self.replay) < self.config.learner.batch_size
+        return True
+
+    def step(self) -> None:
+        """One gradient update on one sampled batch."""
+        lc = self.config.learner
+        batch, keys, weights = self.replay.sample(lc.batch_size)
+        loss, extras = dqn_loss(self.online, self.target, *batch, double=lc.double_dqn,
+                                kind=lc.loss, weights=weights)
+        if not torch.isfinite(loss):
+            self.nonfinite_skipped += 1
+            return
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if lc.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.online.parameters(), lc.grad_clip)
+        self.optimizer.step()
+        self.replay.update_priorities(keys, extras["td_abs"])
+        self.updates += 1
+        self._sync_target()
+        self._loss_sum += loss.detach()
+        self._q_sum += extras["mean_q"]
+        self._stat_updates += 1
+
+    def _sync_target(self) -> None:
+        lc = self.config.learner
+        if lc.target_update == "hard" and self.updates % lc.target_update_every == 0:
+            self.target.load_state_dict(self.online.state_dict())
+        elif lc.target_update == "polyak":
+            with torch.no_grad():
+                for t, o in zip(self.target.parameters(), self.online.parameters(), strict=True):
+                    t.lerp_(o, lc.tau)
+
+    # -- data out ------------------------------------------------------------------------
+    def get_weights(self) -> tuple[int, dict[str, torch.Tensor]]:
+        """A new version of the online weights, as CPU tensors any actor can load."""
+        self.version += 1
+        return self.version, {k: v.detach().to("cpu", copy=True)
+                              for k, v in self.online.state_dict().items()}
+
+    def pop_stats(self) -> dict[str, float]:
+        """Means since the last call, plus counters; resets the means."""
+        n, c = self._stat_updates, self._chunks
+        stats = {
+            "updates": self.updates, "env_steps": self.env_steps, "episodes": self.episodes,
+            "transitions": self.transitions, "replay_size": len(self.replay),
+            "version": self.version, "nonfinite_skipped": self.nonfinite_skipped,
+        }
+        if n:
+            stats["loss"] = float(self._loss_sum) / n
+            stats["mean_q"] = float(self._q_sum) / n
+        if c:
+            stats["policy_lag"] = self._lag_sum / c
+            stats["epsilon"] = self._eps_sum / c
+        self._reset_stats()
+        return stats
+
+    def _reset_stats(self) -> None:
+        zero = torch.zeros((), device=self.device)
+        self._loss_sum, self._q_sum = zero.clone(), zero.clone()
+        self._stat_updates = 0
+        self._lag_sum = 0.0
+        self._eps_sum = 0.0
+        self._chunks = 0
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        cpu = {k: v.detach().cpu() for k, v in self.online.state_dict().items()}
+        tgt = {k: v.detach().cpu() for k, v in self.target.state_dict().items()}
+        return {
+            "network": cpu,
+            "target": tgt,
+            "optimizer": _to_cpu(self.optimizer.state_dict()),
+            "counters": {"updates": self.updates, "env_steps": self.env_steps,
+                         "transitions": self.transitions, "episodes": self.episodes,
+                         "version": self.version},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.online.load_state_dict(state["network"])
+        if self.target is not self.online:
+            self.target.load_state_dict(state["target"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        c = state["counters"]
+        self.updates, self.env_steps = int(c["updates"]), int(c["env_steps"])
+        self.transitions, self.episodes = int(c["transitions"]), int(c["episodes"])
+        self.version = int(c["version"])
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def seed_everything(seed: int) -> None:
+    np.random.seed(seed)
+    torch.manual_seed(seed)

@@ -1,0 +1,108 @@
+"""What a person watches: console progress, episode lines and TensorBoard scalars.
+
+The driver hands every stats pull to `Reporter`; it decides what to print (at a readable
+rate) and writes every scalar to TensorBoard against the fleet's env-step count.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from torch.utils.tensorboard import SummaryWriter
+
+from qfleet.config import Config
+from qfleet.transitions import Episode
+
+
+def describe_episode(number: int, episode: Episode) -> str:
+    """One line per episode, as the course prints it: number, duration, return, outcome."""
+    outcome = "terminated" if episode.terminated else "truncated (time limit)"
+    return (f"episode {number:>6,} | {episode.length:>6,} steps | "
+            f"return {episode.ret:>9.2f} | {outcome}")
+
+
+class Reporter:
+    def __init__(self, config: Config, run_dir: Path, start_step: int = 0,
+                 console: Console | None = None) -> None:
+        self.config = config
+        self.console = console or Console(stderr=False, highlight=False)
+        self.writer = SummaryWriter(str(run_dir), purge_step=start_step or None)
+        self.recent: deque[float] = deque(maxlen=100)
+        self._last_episode_line = 0.0
+        self._unprinted = 0
+        self._last_status = time.monotonic()
+        self._progress: Progress | None = None
+        self._task = None
+        if self.console.is_terminal:
+            self._progress = Progress(
+                TextColumn("[bold]qfleet[/]"), BarColumn(), TimeElapsedColumn(),
+                TextColumn("{task.description}"), console=self.console, transient=True)
+            total = config.stop.env_steps or None
+            self._task = self._progress.add_task("starting", total=total)
+            self._progress.start()
+
+    def print(self, text: str) -> None:
+        self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    def episodes(self, episodes: list[Episode], first_number: int, step: int) -> None:
+        for ep in episodes:
+            self.recent.append(ep.ret)
+            self.writer.add_scalar("charts/episodic_return", ep.ret, step)
+            self.writer.add_scalar("charts/episodic_length", ep.length, step)
+        if not episodes:
+            return
+        now = time.monotonic()
+        if now - self._last_episode_line >= self.config.log.episode_every_s:
+            skipped = self._unprinted + len(episodes) - 1
+            more = f"  (+{skipped:,} more since the last line)" if skipped else ""
+            self.print(describe_episode(first_number + len(episodes) - 1, episodes[-1]) + more)
+            self._last_episode_line = now
+            self._unprinted = 0
+        else:
+            self._unprinted += len(episodes)
+
+    def scalars(self, stats: dict[str, Any], rates: dict[str, float], step: int) -> None:
+        w = self.writer
+        w.add_scalar("perf/env_steps_per_s", rates["env_steps_per_s"], step)
+        w.add_scalar("perf/updates_per_s", rates["updates_per_s"], step)
+        w.add_scalar("replay/size", stats["replay_size"], step)
+        w.add_scalar("learner/updates", stats["updates"], step)
+        for key, tag in (("loss", "losses/loss"), ("mean_q", "losses/mean_q"),
+                         ("epsilon", "charts/epsilon"), ("policy_lag", "perf/policy_lag")):
+            if key in stats:
+                w.add_scalar(tag, stats[key], step)
+
+    def status(self, elapsed: float, stats: dict[str, Any], rates: dict[str, float],
+               last_eval: float | None, force: bool = False) -> None:
+        recent = sum(self.recent) / len(self.recent) if self.recent else float("nan")
+        text = (f"env steps {stats['env_steps']:,} ({rates['env_steps_per_s']:,.0f}/s) | "
+                f"updates {stats['updates']:,} ({rates['updates_per_s']:,.0f}/s) | "
+                f"return {recent:.1f} (last {len(self.recent)})")
+        if last_eval is not None:
+            text += f" | eval {last_eval:.1f}"
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, completed=stats["env_steps"], description=text)
+        now = time.monotonic()
+        if force or (self._progress is None and
+                     now - self._last_status >= self.config.log.console_every_s):
+            self.print(f"[{elapsed:7.1f}s] {text}")
+            self._last_status = now
+
+    def evaluation(self, returns: list[float], step: int, elapsed: float) -> None:
+        mean = sum(returns) / len(returns)
+        self.writer.add_scalar("eval/return_mean", mean, step)
+        self.writer.add_scalar("eval/return_max", max(returns), step)
+        self.writer.add_scalar("eval/return_min", min(returns), step)
+        self.print(f"[{elapsed:7.1f}s] greedy eval over {len(returns)} episodes: "
+                   f"mean return {mean:.2f} (min {min(returns):.1f}, max {max(returns):.1f})")
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+        self.writer.flush()
+        self.writer.close()

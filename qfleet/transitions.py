@@ -1,0 +1,50 @@
+"""What crosses from actors to the learner: batches of n-step transitions in numpy.
+
+A transition stores `discount` = γ^k (k = steps until its bootstrap state) or 0 when the
+episode terminated, instead of a done flag: n-step returns, time-limit truncation (which
+must still bootstrap) and the course's (1 − done) all become one multiplication.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+
+
+class Transitions(NamedTuple):
+    obs: np.ndarray
+    action: np.ndarray
+    reward: np.ndarray
+    discount: np.ndarray
+    next_obs: np.ndarray
+
+    def __len__(self) -> int:  # type: ignore[override]
+        return int(self.action.shape[0])
+
+    @staticmethod
+    def concat(parts: list[Transitions]) -> Transitions:
+        if len(parts) == 1:
+            return parts[0]
+        return Transitions(*(np.concatenate(col) for col in zip(*parts, strict=True)))
+
+
+class Episode(NamedTuple):
+    ret: float
+    """Undiscounted, unclipped return."""
+    length: int
+    terminated: bool
+
+
+@dataclass
+class Chunk:
+    """One send from an actor: its transitions plus what the driver's stats need."""
+
+    transitions: Transitions
+    actor_index: int
+    version: int
+    """Weight version that acted, so the learner can measure policy lag."""
+    env_steps: int
+    episodes: list[Episode] = field(default_factory=list)
+    epsilon: float = 0.0
