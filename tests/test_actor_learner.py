@@ -1,0 +1,79 @@
+"""Actor and Learner driven in-process, without Ray: the spine of the data flow."""
+
+import numpy as np
+import torch
+
+from qfleet.actors.actor import Actor
+from qfleet.config import load_config
+from qfleet.envs import env_spec
+from qfleet.learner.learner import Learner
+
+
+def make(overrides):
+    config = load_config(None, ["stop.env_steps=1000", *overrides])
+    return config, env_spec(config.env)
+
+
+def test_actor_chunks_feed_the_learner_and_weights_flow_back():
+    config, spec = make(["actors.envs_per_actor=4", "learner.n_step=3", "replay.min_size=64",
+                         "learner.batch_size=32", "learner.target_update_every=5"])
+    actor = Actor(config, spec, actor_index=0, seed=1)
+    learner = Learner(config, spec)
+    chunk = actor.collect(40)
+    assert chunk.env_steps == 160
+    # 3-step transitions: each env completes one per step after the first 2, plus flushes.
+    assert 4 * 38 <= len(chunk.transitions) <= 160
+    assert chunk.transitions.obs.dtype == np.float32
+    allowed = np.array([0.0, 0.99, 0.99**2, 0.99**3], dtype=np.float32)
+    assert np.isin(chunk.transitions.discount, allowed).all()
+    learner.add(chunk)
+    assert learner.ready()
+    before = {k: v.clone() for k, v in learner.online.state_dict().items()}
+    for _ in range(10):
+        learner.step()
+    assert learner.updates == 10
+    version, weights = learner.get_weights()
+    assert version == 1
+    assert any(not torch.equal(before[k], weights[k]) for k in weights)
+    actor.set_weights(version, weights)
+    assert actor.collect(1).version == 1
+    stats = learner.pop_stats()
+    assert stats["updates"] == 10 and np.isfinite(stats["loss"])
+    assert stats["policy_lag"] == 0.0
+
+
+def test_replay_ratio_holds_the_learner_back():
+    config, spec = make(["actors.envs_per_actor=2", "replay.min_size=10",
+                         "learner.batch_size=10", "learner.replay_ratio=1"])
+    actor, learner = Actor(config, spec, 0, 1), Learner(config, spec)
+    learner.add(actor.collect(25))  # about 50 transitions
+    while learner.ready():
+        learner.step()
+    assert learner.updates * 10 <= learner.transitions < (learner.updates + 1) * 10
+
+
+def test_barebone_learns_each_transition_once():
+    config, spec = make(["env.id=LunarLander-v3", "replay.kind=none", "learner.batch_size=1",
+                         "learner.target_update=none", "actors.envs_per_actor=1"])
+    actor, learner = Actor(config, spec, 0, 1), Learner(config, spec)
+    assert learner.target is learner.online
+    chunk = actor.collect(20)
+    learner.add(chunk)
+    while learner.ready():
+        learner.step()
+    assert learner.updates == len(chunk.transitions) == 20
+    assert learner.wants_data()
+
+
+def test_learner_state_round_trip():
+    config, spec = make(["replay.min_size=32"])
+    actor, learner = Actor(config, spec, 0, 1), Learner(config, spec)
+    learner.add(actor.collect(10))
+    for _ in range(3):
+        learner.step()
+    state = learner.state_dict()
+    other = Learner(config, spec)
+    other.load_state_dict(state)
+    assert other.updates == 3 and other.env_steps == learner.env_steps
+    for k, v in learner.online.state_dict().items():
+        assert torch.equal(v, other.online.state_dict()[k])

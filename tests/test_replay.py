@@ -1,0 +1,66 @@
+"""Replay storage and sampling: ring wrap-around, uniform batches, the no-replay stream."""
+
+import numpy as np
+import pytest
+import torch
+
+from qfleet.learner.replay import ReplayBuffer, StreamBuffer
+from qfleet.transitions import Transitions
+
+
+def items(start, n, shape=(2,)):
+    ids = np.arange(start, start + n)
+    obs = np.repeat(ids[:, None], np.prod(shape), axis=1).reshape(n, *shape).astype(np.uint8)
+    return Transitions(obs, ids.astype(np.int64), ids.astype(np.float32),
+                       np.full(n, 0.9, np.float32), obs + 1)
+
+
+def test_ring_keeps_the_newest_and_wraps():
+    rb = ReplayBuffer(5, (2,), np.dtype(np.uint8))
+    rb.add(items(0, 3))
+    rb.add(items(3, 4))  # wraps: slots hold 5, 6, 2, 3, 4
+    assert len(rb) == 5
+    batch, keys, weights = rb.sample(256)
+    assert weights is None
+    assert set(batch.action.tolist()) == {2, 3, 4, 5, 6}
+    # Every column of a sampled row belongs to the same transition.
+    assert torch.equal(batch.obs[:, 0].long(), batch.action)
+    assert torch.equal(batch.next_obs[:, 0].long(), batch.action + 1)
+    assert torch.equal(batch.reward.long(), batch.action)
+
+
+def test_oversized_insert_keeps_only_what_fits():
+    rb = ReplayBuffer(4, (2,), np.dtype(np.uint8))
+    rb.add(items(0, 10))
+    batch, _, _ = rb.sample(200)
+    assert set(batch.action.tolist()) == {6, 7, 8, 9}
+
+
+def test_uniform_sampling_is_roughly_uniform():
+    rb = ReplayBuffer(10, (1,), np.dtype(np.uint8))
+    rb.add(items(0, 10, (1,)))
+    counts = np.bincount(rb.sample(20_000)[0].action.numpy(), minlength=10)
+    assert counts.min() > 1_700 and counts.max() < 2_300
+
+
+def test_stream_yields_each_transition_once_in_order():
+    sb = StreamBuffer()
+    sb.add(items(0, 3))
+    sb.add(items(3, 2))
+    seen = []
+    while sb.can_sample(2):
+        seen += sb.sample(2)[0].action.tolist()
+    assert seen == [0, 1, 2, 3]
+    assert len(sb) == 1
+    assert sb.sample(1)[0].action.tolist() == [4]
+
+
+def test_capacity_check_refuses_a_replay_that_cannot_fit():
+    from qfleet.config import load_config
+    from qfleet.envs import EnvSpec
+    from qfleet.learner.learner import LearnerError, check_replay_fits
+
+    spec = EnvSpec((4, 84, 84), np.dtype(np.uint8), 6, True)
+    config = load_config(None, ["replay.capacity=100000000", "stop.env_steps=1"])
+    with pytest.raises(LearnerError, match="replay.capacity: 100000000 transitions need"):
+        check_replay_fits(config, spec, torch.device("cpu"))

@@ -1,0 +1,98 @@
+"""Whole runs through the real path: `qfleet train` on a local Ray with real environments."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import CONFIGS, ROOT, qfleet, summary
+
+
+def scalar_steps(run_dir, tag: str) -> list[int]:
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return [e.step for e in acc.Scalars(tag)] if tag in acc.Tags()["scalars"] else []
+
+
+def test_cartpole_reaches_475_through_two_actors(run_dir):
+    result = qfleet("train", CONFIGS / "cartpole.yaml", "actors.num_actors=2",
+                    "stop.time_s=480", "--run-dir", run_dir)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    s = summary(run_dir)
+    assert s["stopped_by"] == "target_return", s
+    assert s["eval_return_mean"] >= 475
+    assert 0 < s["time_to_target_s"] < 480
+    assert s["actor_nodes"] >= 1 and s["actor_restarts"] == 0
+    assert "greedy eval over 10 episodes" in result.stdout
+    assert "episode " in result.stdout and "return" in result.stdout
+    assert scalar_steps(run_dir, "charts/episodic_return")
+    assert scalar_steps(run_dir, "eval/return_mean")
+    assert list((run_dir / "checkpoints").glob("ckpt-*.pt"))
+
+    evaluated = qfleet("evaluate", run_dir, "--episodes", "3", "--json", timeout=300)
+    assert evaluated.returncode == 0, evaluated.stderr
+    report = json.loads(evaluated.stdout.strip().splitlines()[-1])
+    assert len(report["episodes"]) == 3
+    assert report["return_mean"] > 100  # the trained greedy policy, not a random one (~20)
+
+
+def test_spaceinvaders_smoke_checkpoints_and_evaluates(run_dir):
+    result = qfleet("train", CONFIGS / "spaceinvaders-cpu.yaml", "actors.num_actors=1",
+                    "actors.envs_per_actor=4", "stop.env_steps=2000", "replay.capacity=4000",
+                    "replay.min_size=64", "learner.batch_size=8", "eval.episodes=1",
+                    "env.max_episode_steps=200", "--run-dir", run_dir)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    s = summary(run_dir)
+    assert s["env_steps"] >= 2000 and s["updates"] >= 1 and s["stopped_by"] == "env_steps"
+    assert s["eval_return_mean"] is not None
+    assert scalar_steps(run_dir, "perf/env_steps_per_s")
+    evaluated = qfleet("evaluate", run_dir, "--episodes", "1", timeout=300)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert "mean return" in evaluated.stdout
+
+
+def test_barebone_learns_once_per_streamed_transition(run_dir):
+    result = qfleet("train", CONFIGS / "lunarlander-barebone.yaml", "stop.env_steps=3000",
+                    "stop.target_return=null", "eval.episodes=1", "env.max_episode_steps=300",
+                    "--run-dir", run_dir)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    s = summary(run_dir)
+    # Every update consumed exactly one transition; the last chunks may be unconsumed.
+    assert 1000 <= s["updates"] <= s["env_steps"]
+
+
+def test_interrupt_checkpoints_and_resume_continues_counters(run_dir):
+    cmd = [sys.executable, "-m", "qfleet.cli", "train", str(CONFIGS / "cartpole.yaml"),
+           "stop.target_return=null", "stop.time_s=300", "--run-dir", str(run_dir)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("qfleet:"):
+            break
+    time.sleep(6)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    start = time.monotonic()
+    rest = proc.stdout.read()
+    proc.wait(timeout=60)
+    assert proc.returncode == 130, rest[-3000:]
+    assert time.monotonic() - start < 30
+    first = summary(run_dir)
+    assert first["stopped_by"] == "interrupted" and first["env_steps"] > 0
+
+    more = first["env_steps"] + 20_000
+    result = qfleet("train", "--resume", run_dir, f"stop.env_steps={more}",
+                    "stop.target_return=null")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    second = summary(run_dir)
+    assert second["env_steps"] >= more
+    assert second["updates"] >= first["updates"]
+    # TensorBoard curves continue where they were: one run, steps past the first run's end.
+    steps = scalar_steps(run_dir, "charts/episodic_return")
+    assert min(steps) < first["env_steps"] < max(steps)
