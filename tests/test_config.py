@@ -66,7 +66,7 @@ def test_missing_file(tmp_path):
 @pytest.mark.parametrize("env_id", ["NoSuchEnv-v0", "ALE/NoSuchGame-v5"])
 def test_unknown_env_ids_are_refused(env_id):
     config = load_config(None, [f"env.id={env_id}", "stop.env_steps=1"])
-    with pytest.raises(ConfigError, match="env.id: unknown"):
+    with pytest.raises(ConfigError, match=r"env\.id: unknown"):
         env_spec(config.env)
 
 

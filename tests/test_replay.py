@@ -20,7 +20,7 @@ def test_ring_keeps_the_newest_and_wraps():
     rb.add(items(0, 3))
     rb.add(items(3, 4))  # wraps: slots hold 5, 6, 2, 3, 4
     assert len(rb) == 5
-    batch, keys, weights = rb.sample(256)
+    batch, _keys, weights = rb.sample(256)
     assert weights is None
     assert set(batch.action.tolist()) == {2, 3, 4, 5, 6}
     # Every column of a sampled row belongs to the same transition.
@@ -62,5 +62,5 @@ def test_capacity_check_refuses_a_replay_that_cannot_fit():
 
     spec = EnvSpec((4, 84, 84), np.dtype(np.uint8), 6, True)
     config = load_config(None, ["replay.capacity=100000000", "stop.env_steps=1"])
-    with pytest.raises(LearnerError, match="replay.capacity: 100000000 transitions need"):
+    with pytest.raises(LearnerError, match=r"replay\.capacity: 100000000 transitions need"):
         check_replay_fits(config, spec, torch.device("cpu"))
