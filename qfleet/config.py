@@ -94,8 +94,14 @@ class LearnerConfig(_Section):
 
 
 class ReplayConfig(_Section):
-    kind: Literal["uniform", "none"] = "uniform"
+    kind: Literal["uniform", "prioritized", "none"] = "uniform"
     """`none`: no replay, learn on each streamed transition once, in arrival order."""
+    alpha: float = Field(0.6, ge=0.0, le=1.0)
+    """Prioritized: P(i) ∝ p_i^α."""
+    beta0: float = Field(0.4, ge=0.0, le=1.0)
+    """Prioritized: importance-sampling exponent at the start, annealed to 1."""
+    beta_steps: int = Field(100_000, ge=1)
+    """Prioritized: learner updates over which β reaches 1."""
     capacity: int = Field(100_000, ge=1)
     min_size: int = Field(1000, ge=1)
     """Transitions stored before learning starts (warm-up)."""
@@ -140,12 +146,12 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
-        if self.replay.kind == "uniform" and self.replay.min_size > self.replay.capacity:
+        if self.replay.kind != "none" and self.replay.min_size > self.replay.capacity:
             raise ValueError(
                 f"replay.min_size ({self.replay.min_size}) exceeds replay.capacity "
                 f"({self.replay.capacity})"
             )
-        if self.replay.kind == "uniform" and self.learner.batch_size > self.replay.capacity:
+        if self.replay.kind != "none" and self.learner.batch_size > self.replay.capacity:
             raise ValueError("learner.batch_size exceeds replay.capacity")
         return self
 

@@ -8,7 +8,7 @@ must still bootstrap) and the course's (1 − done) all become one multiplicatio
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -30,6 +30,23 @@ class Transitions(NamedTuple):
         return Transitions(*(np.concatenate(col) for col in zip(*parts, strict=True)))
 
 
+class Frames(NamedTuple):
+    """New Atari frames of one chunk: each frame of every env's stream, sent exactly once.
+
+    With compact frames, a transition's `obs`/`next_obs` are references
+    `(stream, seq, depth)`: the newest frame's sequence number in its env's stream and how
+    many of the stacked frames belong to the episode (the rest are zero padding, as the
+    ALE vector env pads an episode's first stacks).
+    """
+
+    frames: np.ndarray  # uint8 [K, H, W]
+    stream: np.ndarray  # int64 [K]
+    seq: np.ndarray  # int64 [K]
+
+    def __len__(self) -> int:  # type: ignore[override]
+        return int(self.seq.shape[0])
+
+
 class Episode(NamedTuple):
     ret: float
     """Undiscounted, unclipped return."""
@@ -48,3 +65,10 @@ class Chunk:
     env_steps: int
     episodes: list[Episode] = field(default_factory=list)
     epsilon: float = 0.0
+    frames: Frames | None = None
+    """Set when transitions reference frames instead of carrying observations."""
+
+
+def uses_frame_refs(config: Any, spec: Any) -> bool:
+    """Atari stacks into a replay travel as frame references; everything else as arrays."""
+    return bool(spec.is_atari) and config.replay.kind != "none"

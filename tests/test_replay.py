@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from qfleet.learner.replay import ReplayBuffer, StreamBuffer
+from qfleet.learner.replay import StreamBuffer, make_replay
 from qfleet.transitions import Transitions
 
 
@@ -16,7 +16,7 @@ def items(start, n, shape=(2,)):
 
 
 def test_ring_keeps_the_newest_and_wraps():
-    rb = ReplayBuffer(5, (2,), np.dtype(np.uint8))
+    rb = make_replay("uniform", 5, (2,), np.dtype(np.uint8), torch.device("cpu"))
     rb.add(items(0, 3))
     rb.add(items(3, 4))  # wraps: slots hold 5, 6, 2, 3, 4
     assert len(rb) == 5
@@ -30,14 +30,14 @@ def test_ring_keeps_the_newest_and_wraps():
 
 
 def test_oversized_insert_keeps_only_what_fits():
-    rb = ReplayBuffer(4, (2,), np.dtype(np.uint8))
+    rb = make_replay("uniform", 4, (2,), np.dtype(np.uint8), torch.device("cpu"))
     rb.add(items(0, 10))
     batch, _, _ = rb.sample(200)
     assert set(batch.action.tolist()) == {6, 7, 8, 9}
 
 
 def test_uniform_sampling_is_roughly_uniform():
-    rb = ReplayBuffer(10, (1,), np.dtype(np.uint8))
+    rb = make_replay("uniform", 10, (1,), np.dtype(np.uint8), torch.device("cpu"))
     rb.add(items(0, 10, (1,)))
     counts = np.bincount(rb.sample(20_000)[0].action.numpy(), minlength=10)
     assert counts.min() > 1_700 and counts.max() < 2_300

@@ -10,11 +10,12 @@ import numpy as np
 import torch
 
 from qfleet.actors.epsilon import fleet_epsilons
+from qfleet.actors.frames import FrameStreams
 from qfleet.actors.nstep import NStepAdder
 from qfleet.config import Config
 from qfleet.envs import EnvSpec, clip_rewards_default, make_vec_env
 from qfleet.networks import build_q_network
-from qfleet.transitions import Chunk, Episode, Transitions
+from qfleet.transitions import Chunk, Episode, Transitions, uses_frame_refs
 
 
 class Actor:
@@ -26,12 +27,21 @@ class Actor:
         self.net = build_q_network(config.network, spec).eval()
         self.net.requires_grad_(False)
         self.version = 0
+        self.obs = self.envs.reset(seed=seed)
+        self.streams: FrameStreams | None = None
+        if uses_frame_refs(config, spec):
+            self.streams = FrameStreams(actor_index * a.envs_per_actor, a.envs_per_actor,
+                                        spec.obs_shape[0])
+            self.refs = self.streams.reset(self.obs)
+            ref_shape, ref_dtype = (3,), np.dtype(np.int64)
+        else:
+            ref_shape, ref_dtype = spec.obs_shape, spec.obs_dtype
+        # The adder carries observations, or frame references, without looking inside.
         self.adder = NStepAdder(a.envs_per_actor, config.learner.n_step, config.learner.gamma,
-                                spec.obs_shape, spec.obs_dtype)
+                                ref_shape, ref_dtype)
         self.epsilons = fleet_epsilons(a, actor_index)
         self.clip = clip_rewards_default(config.env)
         self.rng = np.random.default_rng(seed)
-        self.obs = self.envs.reset(seed=seed)
         n = a.envs_per_actor
         self._ep_return = np.zeros(n, dtype=np.float64)
         self._ep_length = np.zeros(n, dtype=np.int64)
@@ -65,8 +75,14 @@ class Actor:
             step = self.envs.step(actions)
             rewards = np.clip(step.rewards, -1.0, 1.0) if self.clip else step.rewards
             done = step.terminated | step.truncated
-            out = self.adder.add(self.obs, actions, rewards, step.terminated, step.truncated,
-                                 step.next_obs)
+            if self.streams is not None:
+                next_refs, refs = self.streams.step(step.obs, step.next_obs, done)
+                out = self.adder.add(self.refs, actions, rewards, step.terminated,
+                                     step.truncated, next_refs)
+                self.refs = refs
+            else:
+                out = self.adder.add(self.obs, actions, rewards, step.terminated,
+                                     step.truncated, step.next_obs)
             if out is not None:
                 parts.append(out)
             self._ep_return += step.rewards
@@ -77,9 +93,11 @@ class Actor:
                 self._ep_return[e] = 0.0
                 self._ep_length[e] = 0
             self.obs = step.obs
-        transitions = Transitions.concat(parts) if parts else _empty_like(self.obs)
+        example = self.refs if self.streams is not None else self.obs
+        transitions = Transitions.concat(parts) if parts else _empty_like(example)
+        frames = self.streams.drain() if self.streams is not None else None
         return Chunk(transitions, self.index, self.version, steps * self.envs.num_envs,
-                     episodes, float(np.mean(self.epsilons)))
+                     episodes, float(np.mean(self.epsilons)), frames)
 
     def close(self) -> None:
         self.envs.close()

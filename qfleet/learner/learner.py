@@ -16,9 +16,9 @@ import torch
 from qfleet.config import Config
 from qfleet.envs import EnvSpec
 from qfleet.learner.loss import dqn_loss
-from qfleet.learner.replay import ReplayBuffer, StreamBuffer, bytes_per_transition
+from qfleet.learner.replay import make_replay, replay_bytes_per_item
 from qfleet.networks import build_q_network
-from qfleet.transitions import Chunk, Episode
+from qfleet.transitions import Chunk, Episode, uses_frame_refs
 
 
 class LearnerError(RuntimeError):
@@ -35,9 +35,11 @@ def pick_device(wanted: str) -> torch.device:
 
 def check_replay_fits(config: Config, spec: EnvSpec, device: torch.device) -> None:
     """Refuse a replay that cannot fit in the learner device's free memory."""
-    if config.replay.kind != "uniform":
+    if config.replay.kind == "none":
         return
-    need = config.replay.capacity * bytes_per_transition(spec.obs_shape, spec.obs_dtype)
+    need = config.replay.capacity * replay_bytes_per_item(
+        spec.obs_shape, spec.obs_dtype, uses_frame_refs(config, spec),
+        config.replay.kind == "prioritized")
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
     else:
@@ -51,6 +53,13 @@ def check_replay_fits(config: Config, spec: EnvSpec, device: torch.device) -> No
             f"but the learner's {device.type} has {free / 2**30:.1f} GiB free")
 
 
+def frame_window(chunk_steps: int, n_step: int, stack: int) -> int:
+    """Frames per stream the learner must still resolve: a chunk's own (two per step at
+    worst, with resets) plus the n-step and stack look-back; a power of two for cheap mod."""
+    need = 2 * chunk_steps + n_step + stack + 4
+    return 1 << (need - 1).bit_length()
+
+
 class Learner:
     def __init__(self, config: Config, spec: EnvSpec, device: torch.device | str = "cpu") -> None:
         self.config, self.spec = config, spec
@@ -61,12 +70,13 @@ class Learner:
         self.target = (self.online if lc.target_update == "none"
                        else copy.deepcopy(self.online).requires_grad_(False))
         self.optimizer = torch.optim.Adam(self.online.parameters(), lr=lc.lr, eps=lc.adam_eps)
-        self.replay: ReplayBuffer | StreamBuffer
-        if config.replay.kind == "uniform":
-            self.replay = ReplayBuffer(config.replay.capacity, spec.obs_shape, spec.obs_dtype,
-                                       self.device)
-        else:
-            self.replay = StreamBuffer(self.device)
+        rc, a = config.replay, config.actors
+        self.replay = make_replay(
+            rc.kind, rc.capacity, spec.obs_shape, spec.obs_dtype, self.device,
+            frame_refs=uses_frame_refs(config, spec),
+            num_streams=a.num_actors * a.envs_per_actor,
+            window=frame_window(a.chunk_steps, lc.n_step, spec.obs_shape[0]),
+            alpha=rc.alpha, beta0=rc.beta0, beta_steps=rc.beta_steps)
         self.updates = 0
         self.env_steps = 0
         self.transitions = 0
@@ -77,7 +87,7 @@ class Learner:
 
     # -- data in -------------------------------------------------------------------------
     def add(self, chunk: Chunk) -> list[Episode]:
-        self.replay.add(chunk.transitions)
+        self.replay.add(chunk.transitions, chunk.frames)
         self.env_steps += chunk.env_steps
         self.transitions += len(chunk.transitions)
         self.episodes += len(chunk.episodes)
@@ -92,7 +102,7 @@ class Learner:
         lc = self.config.learner
         if not self.replay.can_sample(lc.batch_size):
             return False
-        if self.config.replay.kind == "uniform":
+        if self.config.replay.kind != "none":
             if len(self.replay) < self.config.replay.min_size:
                 return False
             if lc.replay_ratio is not None and \
@@ -122,6 +132,8 @@ class Learner:
         self.optimizer.step()
         self.replay.update_priorities(keys, extras["td_abs"])
         self.updates += 1
+        if hasattr(self.replay, "sampler"):
+            self.replay.sampler.step(self.updates)
         self._sync_target()
         self._loss_sum += loss.detach()
         self._q_sum += extras["mean_q"]

@@ -1,24 +1,28 @@
-"""Replay storage on the learner's device, with the sampling rule kept separate.
+"""Replay on the learner's device: storage (how transitions are kept) + a sampler (which).
 
-`ReplayBuffer` is a ring of preallocated tensors: inserts are slice copies, sampling is one
-`randint` and one gather per column — no Python loop per item. `StreamBuffer` is the
-course's barebone "no replay": every transition is learned from exactly once, in order.
+`ReplayBuffer(storage, sampler)` is a ring of slots; prioritized or uniform is only the
+sampler. Two storages: `DenseStorage` keeps observations as given (vector observations);
+`FrameStorage` keeps each Atari frame once and rebuilds stacks by index at sample time
+(~7 KiB per transition instead of 56 KiB for two 4×84×84 stacks). `StreamBuffer` is the
+course's barebone "no replay": each transition learned from once, in arrival order.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import torch
 
-from qfleet.transitions import Transitions
+from qfleet.learner.sampling import PrioritizedSampler, UniformSampler
+from qfleet.transitions import Frames, Transitions
 
 # Chunks arrive from Ray's object store as read-only arrays; they are only ever read here.
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
-_TORCH_DTYPE = {np.dtype(np.uint8): torch.uint8, np.dtype(np.float32): torch.float32}
+_TORCH_DTYPE = {np.dtype(np.uint8): torch.uint8, np.dtype(np.float32): torch.float32,
+                np.dtype(np.int64): torch.int64}
 
 
 class Batch(NamedTuple):
@@ -29,57 +33,174 @@ class Batch(NamedTuple):
     next_obs: torch.Tensor
 
 
-def bytes_per_transition(obs_shape: tuple[int, ...], obs_dtype: np.dtype) -> int:
-    obs_bytes = int(np.prod(obs_shape)) * np.dtype(obs_dtype).itemsize
-    return 2 * obs_bytes + 8 + 4 + 4
+def _tensor(a: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a)).to(device, non_blocking=True)
+
+
+class Storage(Protocol):
+    def write(self, slots: torch.Tensor, items: Transitions, frames: Frames | None) -> None: ...
+    def gather(self, slots: torch.Tensor) -> Batch: ...
+    def valid(self, slots: torch.Tensor) -> torch.Tensor: ...
+
+
+class DenseStorage:
+    """Observations stored as they come, one row per transition and column."""
+
+    def __init__(self, capacity: int, obs_shape: tuple[int, ...], obs_dtype: np.dtype,
+                 device: torch.device) -> None:
+        dt = _TORCH_DTYPE[np.dtype(obs_dtype)]
+        self.cols = Batch(
+            torch.zeros((capacity, *obs_shape), dtype=dt, device=device),
+            torch.zeros(capacity, dtype=torch.int64, device=device),
+            torch.zeros(capacity, dtype=torch.float32, device=device),
+            torch.zeros(capacity, dtype=torch.float32, device=device),
+            torch.zeros((capacity, *obs_shape), dtype=dt, device=device),
+        )
+
+    @staticmethod
+    def bytes_per_item(obs_shape: tuple[int, ...], obs_dtype: np.dtype) -> int:
+        return 2 * int(np.prod(obs_shape)) * np.dtype(obs_dtype).itemsize + 8 + 4 + 4
+
+    def write(self, slots: torch.Tensor, items: Transitions, frames: Frames | None) -> None:
+        for dst, src in zip(self.cols, items, strict=True):
+            dst[slots] = _tensor(src, dst.device)
+
+    def gather(self, slots: torch.Tensor) -> Batch:
+        return Batch(*(col.index_select(0, slots) for col in self.cols))
+
+    def valid(self, slots: torch.Tensor) -> torch.Tensor:
+        return torch.ones(slots.shape, dtype=torch.bool, device=slots.device)
+
+
+class FrameStorage:
+    """Each frame stored once in a ring; transitions hold the ring indices of their stacks.
+
+    Frame indices are global write counts (slot = index mod ring size) so that a stack
+    whose frames were overwritten is detected at sample time and never returned.
+    """
+
+    def __init__(self, capacity: int, frame_shape: tuple[int, ...], stack: int,
+                 num_streams: int, window: int, device: torch.device) -> None:
+        self.stack, self.window = stack, window
+        # Frames outnumber transitions by one per episode, and a stack may reach back
+        # `window` frames of its stream; the slack keeps live stacks intact.
+        self.ring = int(capacity * 1.02) + 2 * num_streams * window + 64
+        self.frames = torch.zeros((self.ring + 1, *frame_shape), dtype=torch.uint8,
+                                  device=device)  # the last row stays zero: padding
+        self.writes = 0
+        self.table = torch.full((num_streams, window), -1, dtype=torch.int64, device=device)
+        self.table_seq = torch.full((num_streams, window), -1, dtype=torch.int64, device=device)
+        self.obs_idx = torch.full((capacity, stack), -1, dtype=torch.int64, device=device)
+        self.next_idx = torch.full((capacity, stack), -1, dtype=torch.int64, device=device)
+        self.oldest = torch.zeros(capacity, dtype=torch.int64, device=device)
+        self.action = torch.zeros(capacity, dtype=torch.int64, device=device)
+        self.reward = torch.zeros(capacity, dtype=torch.float32, device=device)
+        self.discount = torch.zeros(capacity, dtype=torch.float32, device=device)
+        self._back = torch.arange(stack - 1, -1, -1, device=device)  # oldest..newest offsets
+
+    @staticmethod
+    def bytes_per_item(frame_bytes: int, stack: int) -> int:
+        # One frame per transition (the ring's small slack aside), 2×stack int64 indices,
+        # oldest-index, action, reward, discount.
+        return frame_bytes + 2 * stack * 8 + 8 + 8 + 4 + 4
+
+    def _resolve(self, refs: torch.Tensor) -> torch.Tensor:
+        """(stream, seq, depth) rows -> ring indices of the stack, -1 for zero padding."""
+        stream, seq, depth = refs[:, 0], refs[:, 1], refs[:, 2]
+        seqs = seq[:, None] - self._back[None, :]  # [N, stack], oldest first
+        col = seqs % self.window
+        idx = self.table[stream[:, None], col]
+        found = self.table_seq[stream[:, None], col] == seqs
+        in_episode = self._back[None, :] < depth[:, None]
+        idx = torch.where(in_episode, idx, torch.full_like(idx, -1))
+        # A frame that should be there but is not (never arrived): poison the stack.
+        missing = in_episode & ~found
+        return torch.where(missing, torch.full_like(idx, -(2**62)), idx)
+
+    def write(self, slots: torch.Tensor, items: Transitions, frames: Frames | None) -> None:
+        assert frames is not None, "frame storage needs the chunk's frames"
+        dev = self.frames.device
+        k = len(frames)
+        if k:
+            idx = self.writes + torch.arange(k, device=dev)
+            self.frames[idx % self.ring] = _tensor(frames.frames, dev)
+            stream, seq = _tensor(frames.stream, dev), _tensor(frames.seq, dev)
+            self.table[stream, seq % self.window] = idx
+            self.table_seq[stream, seq % self.window] = seq
+            self.writes += k
+        obs_idx = self._resolve(_tensor(items.obs, dev))
+        next_idx = self._resolve(_tensor(items.next_obs, dev))
+        self.obs_idx[slots], self.next_idx[slots] = obs_idx, next_idx
+        both = torch.cat([obs_idx, next_idx], dim=1)
+        big = torch.iinfo(torch.int64).max
+        oldest = torch.where(both == -1, torch.full_like(both, big), both).min(dim=1).values
+        self.oldest[slots] = oldest
+        self.action[slots] = _tensor(items.action, dev)
+        self.reward[slots] = _tensor(items.reward, dev)
+        self.discount[slots] = _tensor(items.discount, dev)
+
+    def _stacks(self, idx: torch.Tensor) -> torch.Tensor:
+        rows = torch.where(idx < 0, torch.full_like(idx, self.ring), idx % self.ring)
+        return self.frames[rows]  # [B, stack, H, W]
+
+    def gather(self, slots: torch.Tensor) -> Batch:
+        return Batch(self._stacks(self.obs_idx[slots]), self.action[slots], self.reward[slots],
+                     self.discount[slots], self._stacks(self.next_idx[slots]))
+
+    def valid(self, slots: torch.Tensor) -> torch.Tensor:
+        oldest = self.oldest[slots]
+        return (oldest >= 0) & (self.writes - oldest <= self.ring)
 
 
 class ReplayBuffer:
-    """Uniform replay: a fixed-capacity ring, oldest transitions overwritten first."""
+    """A fixed-capacity ring of transitions, oldest overwritten first."""
 
-    def __init__(self, capacity: int, obs_shape: tuple[int, ...], obs_dtype: np.dtype,
-                 device: torch.device | str = "cpu") -> None:
-        self.capacity, self.device = capacity, torch.device(device)
-        dt = _TORCH_DTYPE[np.dtype(obs_dtype)]
-        self._cols = Batch(
-            torch.empty((capacity, *obs_shape), dtype=dt, device=self.device),
-            torch.empty(capacity, dtype=torch.int64, device=self.device),
-            torch.empty(capacity, dtype=torch.float32, device=self.device),
-            torch.empty(capacity, dtype=torch.float32, device=self.device),
-            torch.empty((capacity, *obs_shape), dtype=dt, device=self.device),
-        )
+    def __init__(self, capacity: int, storage: Storage,
+                 sampler: UniformSampler | PrioritizedSampler) -> None:
+        self.capacity, self.storage, self.sampler = capacity, storage, sampler
+        self.device = sampler.device
         self._next = 0
         self._size = 0
 
     def __len__(self) -> int:
         return self._size
 
-    def add(self, items: Transitions, priorities: np.ndarray | None = None) -> None:
+    def can_sample(self, n: int) -> bool:
+        return self._size >= n
+
+    def add(self, items: Transitions, frames: Frames | None = None) -> None:
         n = len(items)
         if n == 0:
+            if frames is not None and len(frames):
+                self.storage.write(torch.empty(0, dtype=torch.long, device=self.device),
+                                   items, frames)
             return
         if n > self.capacity:  # only the newest fit
             items = Transitions(*(col[-self.capacity:] for col in items))
             n = self.capacity
-        first = min(n, self.capacity - self._next)
-        for dst, src in zip(self._cols, items, strict=True):
-            src_t = torch.from_numpy(np.ascontiguousarray(src))
-            dst[self._next:self._next + first].copy_(src_t[:first])
-            if first < n:
-                dst[:n - first].copy_(src_t[first:])
+        slots = (self._next + torch.arange(n, device=self.device)) % self.capacity
+        self.storage.write(slots, items, frames)
+        self.sampler.on_insert(slots)
         self._next = (self._next + n) % self.capacity
         self._size = min(self._size + n, self.capacity)
 
     def sample(self, n: int) -> tuple[Batch, torch.Tensor, torch.Tensor | None]:
-        """A uniform batch, its keys (slots) and importance weights (None: all equal)."""
-        keys = torch.randint(0, self._size, (n,), device=self.device)
-        return Batch(*(col.index_select(0, keys) for col in self._cols)), keys, None
+        """A batch, its slots (keys for priority updates), and importance weights."""
+        keys, weights = self.sampler.sample(n, self._size)
+        ok = self.storage.valid(keys)
+        if not bool(ok.all()):
+            # Rare: a stack whose frames were recycled. Never sample it again, and swap in
+            # the newest transitions, whose frames are certainly there.
+            bad = torch.nonzero(~ok).squeeze(1)
+            if isinstance(self.sampler, PrioritizedSampler):
+                self.sampler.invalidate(keys[bad])
+            keys = keys.clone()
+            keys[bad] = (self._next - 1 - torch.arange(bad.numel(), device=self.device)) \
+                % self.capacity
+        return self.storage.gather(keys), keys, weights
 
-    def update_priorities(self, keys: torch.Tensor, priorities: torch.Tensor) -> None:
-        """Uniform sampling ignores priorities."""
-
-    def can_sample(self, n: int) -> bool:
-        return self._size >= n
+    def update_priorities(self, keys: torch.Tensor, td_abs: torch.Tensor) -> None:
+        self.sampler.update(keys, td_abs)
 
 
 class StreamBuffer:
@@ -94,7 +215,7 @@ class StreamBuffer:
     def __len__(self) -> int:
         return self._size
 
-    def add(self, items: Transitions, priorities: np.ndarray | None = None) -> None:
+    def add(self, items: Transitions, frames: Frames | None = None) -> None:
         if len(items):
             self._queue.append(items)
             self._size += len(items)
@@ -116,9 +237,37 @@ class StreamBuffer:
                 self._head = 0
         self._size -= n
         items = Transitions.concat(parts)
-        batch = Batch(*(torch.from_numpy(np.ascontiguousarray(c)).to(self.device)
-                        for c in items))
-        return batch, torch.arange(n), None
+        return Batch(*(_tensor(c, self.device) for c in items)), torch.arange(n), None
 
-    def update_priorities(self, keys: torch.Tensor, priorities: torch.Tensor) -> None:
+    def update_priorities(self, keys: torch.Tensor, td_abs: torch.Tensor) -> None:
         """A stream has nothing to re-prioritize."""
+
+
+def make_replay(kind: str, capacity: int, obs_shape: tuple[int, ...], obs_dtype: np.dtype,
+                device: torch.device, *, frame_refs: bool = False, num_streams: int = 0,
+                window: int = 0, alpha: float = 0.6, beta0: float = 0.4,
+                beta_steps: int = 100_000) -> ReplayBuffer | StreamBuffer:
+    """The replay a config asks for: `uniform`, `prioritized` or `none` (a stream)."""
+    if kind == "none":
+        return StreamBuffer(device)
+    storage: Storage
+    if frame_refs:
+        storage = FrameStorage(capacity, obs_shape[1:], obs_shape[0], num_streams, window,
+                               device)
+    else:
+        storage = DenseStorage(capacity, obs_shape, obs_dtype, device)
+    sampler = (PrioritizedSampler(capacity, device, alpha=alpha, beta0=beta0,
+                                  beta_steps=beta_steps)
+               if kind == "prioritized" else UniformSampler(capacity, device))
+    return ReplayBuffer(capacity, storage, sampler)
+
+
+def replay_bytes_per_item(obs_shape: tuple[int, ...], obs_dtype: np.dtype, frame_refs: bool,
+                          prioritized: bool) -> int:
+    """Device bytes one stored transition costs (what the capacity check multiplies)."""
+    if frame_refs:
+        frame = int(np.prod(obs_shape[1:])) * np.dtype(obs_dtype).itemsize
+        base = FrameStorage.bytes_per_item(int(frame * 1.02), obs_shape[0])
+    else:
+        base = DenseStorage.bytes_per_item(obs_shape, obs_dtype)
+    return base + (16 if prioritized else 0)  # two float64 sum-tree nodes per leaf

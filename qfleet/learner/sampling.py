@@ -1,0 +1,104 @@
+"""Sampling distributions over replay slots: uniform, and proportional prioritized.
+
+Prioritized replay (Schaul et al. 2016, proportional): P(i) = p_i^α / Σ p^α, importance
+weights (N·P(i))^−β normalized by the batch maximum, β annealed to 1. The sum tree lives in
+one tensor on the learner's device and every operation is batched over the whole sample or
+update — a loop over tree levels (≈20 for a million slots), never over items.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def linear_anneal(step: int, start: float, end: float, steps: int) -> float:
+    return start + min(max(step, 0) / max(steps, 1), 1.0) * (end - start)
+
+
+class SumTree:
+    """Leaves hold priorities; each inner node the sum of its two children."""
+
+    def __init__(self, capacity: int, device: torch.device | str = "cpu") -> None:
+        self.size = 1 << max(capacity - 1, 1).bit_length()
+        self.depth = self.size.bit_length() - 1
+        # float64: sums over a million leaves must still tell tiny priorities apart.
+        self.tree = torch.zeros(2 * self.size, dtype=torch.float64, device=device)
+
+    @property
+    def total(self) -> torch.Tensor:
+        return self.tree[1]
+
+    def leaves(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.tree[self.size + idx]
+
+    def set(self, idx: torch.Tensor, values: torch.Tensor) -> None:
+        node = idx.long() + self.size
+        self.tree[node] = values.to(self.tree.dtype)
+        for _ in range(self.depth):
+            node = torch.unique(node // 2)
+            self.tree[node] = self.tree[2 * node] + self.tree[2 * node + 1]
+
+    def find(self, mass: torch.Tensor) -> torch.Tensor:
+        """For each prefix mass u in [0, total), the leaf whose cumulative range holds u."""
+        mass = mass.to(self.tree.dtype).clone()
+        node = torch.ones_like(mass, dtype=torch.long)
+        for _ in range(self.depth):
+            left = self.tree[2 * node]
+            right = mass >= left
+            mass -= left * right
+            node = 2 * node + right.long()
+        return node - self.size
+
+
+class UniformSampler:
+    def __init__(self, capacity: int, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+
+    def on_insert(self, slots: torch.Tensor) -> None:
+        """Uniform sampling keeps no per-slot state."""
+
+    def sample(self, n: int, size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return torch.randint(0, size, (n,), device=self.device), None
+
+    def update(self, slots: torch.Tensor, td_abs: torch.Tensor) -> None:
+        """Uniform sampling ignores TD errors."""
+
+    def step(self, updates: int) -> None:
+        """Nothing to anneal."""
+
+
+class PrioritizedSampler:
+    def __init__(self, capacity: int, device: torch.device | str = "cpu", *, alpha: float = 0.6,
+                 beta0: float = 0.4, beta_steps: int = 100_000, eps: float = 1e-6) -> None:
+        self.tree = SumTree(capacity, device)
+        self.device = torch.device(device)
+        self.alpha, self.beta0, self.beta_steps, self.eps = alpha, beta0, beta_steps, eps
+        self.beta = beta0
+        self.max_priority = 1.0
+
+    def on_insert(self, slots: torch.Tensor) -> None:
+        """New transitions get the largest priority seen, so each is replayed soon."""
+        self.tree.set(slots, torch.full(slots.shape, self.max_priority ** self.alpha,
+                                        device=self.device))
+
+    def sample(self, n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        total = self.tree.total
+        # Stratified: one draw from each of n equal slices of the total mass.
+        u = (torch.arange(n, device=self.device, dtype=torch.float64)
+             + torch.rand(n, device=self.device, dtype=torch.float64)) * (total / n)
+        slots = self.tree.find(u).clamp_(max=size - 1)
+        p = self.tree.leaves(slots) / total
+        weights = (size * p.clamp_min(1e-12)) ** (-self.beta)
+        return slots, (weights / weights.max()).float()
+
+    def update(self, slots: torch.Tensor, td_abs: torch.Tensor) -> None:
+        priorities = td_abs.detach().double() + self.eps
+        # One sync per update is the price of the running max; it keeps new items on top.
+        self.max_priority = max(self.max_priority, float(priorities.max()))
+        self.tree.set(slots, priorities ** self.alpha)
+
+    def step(self, updates: int) -> None:
+        self.beta = linear_anneal(updates, self.beta0, 1.0, self.beta_steps)
+
+    def invalidate(self, slots: torch.Tensor) -> None:
+        self.tree.set(slots, torch.zeros(slots.shape, device=self.device))
