@@ -1,4 +1,4 @@
-"""The `qfleet` command: train, evaluate.
+"""The `qfleet` command: train, evaluate, bench.
 
 Every user error (config, env id, checkpoint, resources) ends as one line on stderr and
 exit code 2, before Ray starts whenever it can be known then.
@@ -175,6 +175,40 @@ def evaluate(
     console = Console()
     console.print(table)
     console.print(f"mean return {mean:.2f} ± {std:.2f} over {len(results)} episodes")
+
+
+@app.command()
+def bench(
+    which: Annotated[str, typer.Argument(help="envs | actors | learner | replay | pipeline")],
+    seconds: Annotated[float, typer.Option(min=0.5, help="Measuring time.")] = 9.0,
+    batch_size: Annotated[int, typer.Option(min=1, help="learner: batch size.")] = 32,
+    device: Annotated[str, typer.Option(help="learner/replay: auto, cpu or cuda.")] = "auto",
+    actors: Annotated[int, typer.Option(min=1, help="pipeline: number of actors.")] = 2,
+    env_id: Annotated[str, typer.Option("--env", help="pipeline: env id.")] = "CartPole-v1",
+    address: Annotated[str | None, typer.Option(help="pipeline: Ray address.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line.")] = False,
+) -> None:
+    """Measure a part of the pipeline against its limit (a benchmark, not a test)."""
+    from qfleet.bench import BENCHES, describe
+
+    if which not in BENCHES:
+        raise _fail(f"bench: unknown benchmark {which!r}; choose one of {', '.join(BENCHES)}")
+    if device not in ("auto", "cpu", "cuda"):
+        raise _fail(f"--device: expected auto, cpu or cuda, got {device!r}")
+    kwargs: dict = {"learner": {"batch_size": batch_size, "device": device},
+                    "replay": {"device": "cuda" if device == "cuda" else "cpu"},
+                    "pipeline": {"actors": actors, "env_id": env_id, "address": address},
+                    }.get(which, {})
+    from qfleet.learner.learner import LearnerError
+
+    try:
+        result = BENCHES[which](seconds, **kwargs)
+    except LearnerError as err:
+        raise _fail(str(err)) from None
+    for line in describe(result):
+        print(line)
+    if as_json:
+        print(json.dumps(result))
 
 
 def main() -> None:

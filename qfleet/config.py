@@ -35,7 +35,7 @@ class EnvConfig(_Section):
     episodic_life: bool = False
     max_episode_steps: int | None = Field(None, ge=1)
     env_threads: int = Field(0, ge=0)
-    """ALE emulator threads per actor; 0 = one per env up to the actor's CPUs."""
+    """ALE emulator threads per actor, shared by its env groups; 0 = 2."""
 
 
 class NetworkConfig(_Section):
@@ -62,6 +62,8 @@ class ActorsConfig(_Section):
     epsilon_end: float = Field(0.05, ge=0.0, le=1.0)
     epsilon_decay_steps: int = Field(10_000, ge=1)
     """Fleet env steps over which the linear ε decays."""
+    env_groups: int = Field(0, ge=0, le=64)
+    """Groups of envs that take turns so inference overlaps emulation; 0 = 2 for Atari."""
     chunk_steps: int = Field(16, ge=1)
     """Vector steps per chunk sent to the learner (chunk = steps × envs transitions)."""
     max_in_flight: int = Field(2, ge=1, le=64)
@@ -84,7 +86,10 @@ class LearnerConfig(_Section):
     tau: float = Field(0.005, gt=0.0, le=1.0)
     grad_clip: float | None = Field(None, gt=0.0)
     replay_ratio: float | None = Field(None, gt=0.0)
-    """Upper bound on (updates × batch_size) / env steps; none = learn as fast as possible."""
+    """Target (updates × batch_size) / transitions; none = learn as fast as possible."""
+    throttle_actors: bool = True
+    """With `replay_ratio`: slow the actors when the learner falls behind (else the learner
+    only waits when it is ahead)."""
     publish_every: int = Field(10, ge=1)
     """Updates between weight publishes to the actors."""
     device: Literal["auto", "cpu", "cuda"] = "auto"

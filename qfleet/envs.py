@@ -113,13 +113,33 @@ class VecEnv:
         self.num_envs = env.num_envs
         self.num_actions = int(env.single_action_space.n)
         self._dtype = obs_dtype
+        # ALE's vector env steps in C++ threads between send() and recv(), without the GIL:
+        # an actor can run inference for another group of envs meanwhile.
+        self._async = hasattr(env, "send") and hasattr(env, "recv")
+        self._actions: np.ndarray | None = None
+
+    def send(self, actions: np.ndarray) -> None:
+        if self._async:
+            self._env.send(actions)
+        else:
+            self._actions = actions
+
+    def recv(self) -> Step:
+        if self._async:
+            return self._to_step(*self._env.recv())
+        assert self._actions is not None, "recv() without send()"
+        actions, self._actions = self._actions, None
+        return self.step(actions)
 
     def reset(self, seed: int) -> np.ndarray:
         obs, _ = self._env.reset(seed=seed)
         return np.asarray(obs, dtype=self._dtype)
 
     def step(self, actions: np.ndarray) -> Step:
-        obs, rewards, terminated, truncated, info = self._env.step(actions)
+        return self._to_step(*self._env.step(actions))
+
+    def _to_step(self, obs: np.ndarray, rewards: np.ndarray, terminated: np.ndarray,
+                 truncated: np.ndarray, info: dict) -> Step:
         obs = np.asarray(obs, dtype=self._dtype)
         done = terminated | truncated
         next_obs = obs

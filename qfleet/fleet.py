@@ -88,6 +88,7 @@ class Fleet:
 
     # -- lifecycle -----------------------------------------------------------------------
     def _start(self) -> None:
+        """Create learner, actors and evaluator at once: their start-ups overlap."""
         c = self.config
         gpus = ray.cluster_resources().get("GPU", 0)
         learner_opts: dict[str, Any] = {"num_cpus": 1}
@@ -99,15 +100,15 @@ class Fleet:
                                                         "counters")}
         self.learner = RemoteLearner.options(**learner_opts).remote(
             self._cfg, self.spec, resume_state)
-        try:
-            self.learner_device = ray.get(self.learner.device.remote())
-        except ray.exceptions.RayActorError as err:
-            raise _learner_start_error(err) from None
         self.actors: dict[int, Any] = {}
         self.runs: dict[ray.ObjectRef, int] = {}
         for i in range(c.actors.num_actors):
             self._start_actor(i)
         self.evaluator = RemoteEvaluator.options(num_cpus=0).remote(self._cfg, self.spec)
+        try:
+            self.learner_device = ray.get(self.learner.device.remote())
+        except ray.exceptions.RayActorError as err:
+            raise _learner_start_error(err) from None
 
     def _start_actor(self, index: int, generation: int = 0) -> None:
         c = self.config
@@ -115,7 +116,6 @@ class Fleet:
         actor = RemoteActor.options(num_cpus=c.actors.num_cpus, scheduling_strategy="SPREAD")\
             .remote(self._cfg, self.spec, index, seed, self.learner)
         self.actors[index] = actor
-        self.state.nodes.add(ray.get(actor.node_id.remote()))  # before run() occupies it
         self.runs[actor.run.remote()] = index
 
     def _check_actors(self) -> None:
@@ -149,8 +149,8 @@ class Fleet:
         self._start()
         self.reporter.print(
             f"qfleet: {c.env.id} | learner on {self.learner_device} | "
-            f"{c.actors.num_actors} actors x {c.actors.envs_per_actor} envs on "
-            f"{len(s.nodes)} node(s) | run dir {self.run_dir}")
+            f"{c.actors.num_actors} actors x {c.actors.envs_per_actor} envs | "
+            f"run dir {self.run_dir}")
         train_start = time.monotonic()
         last = (train_start, s.env_steps, s.updates)
         last_eval_launch = train_start
@@ -199,6 +199,7 @@ class Fleet:
     def _absorb(self, stats: dict[str, Any]) -> None:
         s = self.state
         s.env_steps, s.updates = stats["env_steps"], stats["updates"]
+        s.nodes.update(stats["actor_nodes"])
         episodes = [Episode(*e) for e in stats["episode_list"]]
         self.reporter.episodes(episodes, s.episodes + 1, s.env_steps)
         s.episodes += len(episodes)

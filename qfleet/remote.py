@@ -41,6 +41,12 @@ class LearnerWorker:
             self.learner.load_state_dict(resume)
         self._lock = threading.Lock()
         self._inbox: queue.Queue[Chunk] = queue.Queue()
+        self._queued = 0  # transitions accepted but not yet in the replay
+        self._admit = asyncio.Lock()
+        self._room = asyncio.Event()
+        self._waiting = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._nodes: set[str] = set()  # Ray nodes that hosted actors, from their chunks
         self._episodes: list[Episode] = []
         self._stopping = False
         self._error: BaseException | None = None
@@ -68,31 +74,57 @@ class LearnerWorker:
                         self.learner.step()
                         if self.learner.updates % publish_every == 0:
                             self._publish()
+                    self._wake_senders()
                 else:
                     with contextlib.suppress(queue.Empty):
                         self._ingest(self._inbox.get(timeout=0.02))
         except BaseException as err:  # surfaced to actors and driver by add()/stats()
             self._error = err
 
+    def _wake_senders(self) -> None:
+        if self._waiting and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._room.set)
+
     def _ingest(self, chunk: Chunk) -> None:
         with self._lock:
             self._episodes.extend(self.learner.add(chunk))
+            self._nodes.add(chunk.node)
+            self._queued -= len(chunk.transitions)
+        self._wake_senders()
 
     def _reply(self) -> tuple[int, list[ray.ObjectRef], int, bool]:
         version, ref = self._weights
         return version, [ref], self.learner.env_steps, self._stopping
 
+    def _must_wait(self, incoming: int) -> bool:
+        if self._stopping:
+            return False
+        if self._inbox.qsize() >= self.config.learner.inbox_chunks:
+            return True
+        return not self.learner.accepts(self._queued + incoming)
+
     async def add(self, chunk: Chunk) -> tuple[int, list[ray.ObjectRef], int, bool]:
-        """Queue a chunk; wait while the inbox is full (backpressure); reply with weights."""
-        limit = self.config.learner.inbox_chunks
-        while self._inbox.qsize() >= limit and not self._stopping:
+        """Queue a chunk; wait while the inbox is full or the actors are ahead of the
+        replay ratio (backpressure); reply with the newest weights."""
+        # One admission at a time, first come first served: an actor's chunks stay in
+        # order, which its frame references rely on.
+        async with self._admit:
+            n = len(chunk.transitions)
+            self._loop = asyncio.get_running_loop()
+            while self._must_wait(n):
+                if self._error is not None:
+                    raise RuntimeError("learner failed") from self._error
+                self._room.clear()
+                self._waiting = True
+                # Woken by the learner thread when it frees room; the timeout is a safety net.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._room.wait(), timeout=0.05)
+                self._waiting = False
             if self._error is not None:
                 raise RuntimeError("learner failed") from self._error
-            await asyncio.sleep(0.002)
-        if self._error is not None:
-            raise RuntimeError("learner failed") from self._error
-        if not self._stopping:
-            self._inbox.put(chunk)
+            if not self._stopping:
+                self._queued += n
+                self._inbox.put(chunk)
         return self._reply()
 
     async def stats(self) -> dict[str, Any]:
@@ -104,6 +136,7 @@ class LearnerWorker:
         stats["episode_list"] = [tuple(e) for e in episodes]
         stats["weights"] = [self._weights[1]]
         stats["inbox"] = self._inbox.qsize()
+        stats["actor_nodes"] = sorted(self._nodes)
         return stats
 
     async def state(self) -> dict[str, Any]:
@@ -129,9 +162,7 @@ class ActorWorker:
         self.config = config_from_dict(config)
         self.actor = Actor(self.config, spec, index, seed)
         self.learner = learner
-
-    def node_id(self) -> str:
-        return ray.get_runtime_context().get_node_id()
+        self.node = ray.get_runtime_context().get_node_id()
 
     def run(self) -> int:
         """Act until the learner says stop; returns the env steps this actor took."""
@@ -141,6 +172,7 @@ class ActorWorker:
         steps = 0
         while True:
             chunk = self.actor.collect(a.chunk_steps)
+            chunk.node = self.node
             steps += chunk.env_steps
             inflight.append(self.learner.add.remote(chunk))
             # Block only when the in-flight bound is reached; otherwise just harvest replies.

@@ -67,6 +67,8 @@ class Chunk:
     epsilon: float = 0.0
     frames: Frames | None = None
     """Set when transitions reference frames instead of carrying observations."""
+    node: str = ""
+    """Ray node of the sending actor (the run's `actor_nodes` comes from these)."""
 
 
 def uses_frame_refs(config: Any, spec: Any) -> bool:

@@ -82,3 +82,32 @@ def test_recycled_frames_are_detected():
 
 def test_atari_transition_fits_in_8_kib():
     assert replay_bytes_per_item((4, 84, 84), np.dtype(np.uint8), True, True) <= 8192
+
+
+def test_grouped_atari_actor_sends_frames_that_rebuild_its_observations():
+    from qfleet.actors.actor import Actor
+    from qfleet.config import load_config
+    from qfleet.envs import env_spec
+    from qfleet.learner.replay import make_replay
+
+    common = ["env.id=ALE/Breakout-v5", "env.max_episode_steps=30", "stop.env_steps=1",
+              "actors.envs_per_actor=4", "actors.env_groups=2", "learner.n_step=3"]
+    dense_cfg = load_config(None, [*common, "replay.kind=none"])
+    ref_cfg = load_config(None, [*common, "replay.kind=uniform"])
+    spec = env_spec(ref_cfg.env)
+    dense, compact = Actor(dense_cfg, spec, 0, seed=5), Actor(ref_cfg, spec, 0, seed=5)
+    compact.set_weights(1, dense.net.state_dict())
+    replay = make_replay("uniform", 1000, spec.obs_shape, spec.obs_dtype, torch.device("cpu"),
+                         frame_refs=True, num_streams=4, window=64)
+    total = 0
+    for _ in range(5):
+        d, c = dense.collect(8), compact.collect(8)
+        assert c.frames is not None and d.frames is None
+        assert len(d.transitions) == len(c.transitions)
+        replay.add(c.transitions, c.frames)
+        got = replay.storage.gather(torch.arange(total, total + len(c.transitions)))
+        assert torch.equal(got.obs, torch.from_numpy(d.transitions.obs))
+        assert torch.equal(got.next_obs, torch.from_numpy(d.transitions.next_obs))
+        total += len(c.transitions)
+    dense.close()
+    compact.close()

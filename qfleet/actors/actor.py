@@ -1,7 +1,11 @@
-"""The Actor: a vector of envs, a CPU copy of the Q-network, ε-greedy, the n-step adder.
+"""The Actor: vectors of envs, a CPU copy of the Q-network, ε-greedy, the n-step adder.
 
 Plain Python, no Ray: `collect()` steps the envs and returns a `Chunk`; the Ray wrapper
 (`qfleet.remote`) decides when to send it and when to swap in new weights.
+
+The envs are split into groups that take turns (EnvPool-style): while the emulator
+threads step one group, the Q-network chooses the next actions of another, so inference
+overlaps emulation instead of adding to it.
 """
 
 from __future__ import annotations
@@ -13,9 +17,33 @@ from qfleet.actors.epsilon import fleet_epsilons
 from qfleet.actors.frames import FrameStreams
 from qfleet.actors.nstep import NStepAdder
 from qfleet.config import Config
-from qfleet.envs import EnvSpec, clip_rewards_default, make_vec_env
+from qfleet.envs import EnvSpec, Step, VecEnv, clip_rewards_default, make_vec_env
 from qfleet.networks import build_q_network
 from qfleet.transitions import Chunk, Episode, Transitions, uses_frame_refs
+
+
+class _Group:
+    """A slice of the actor's envs with its own adder and frame streams."""
+
+    def __init__(self, config: Config, spec: EnvSpec, first_env: int, envs: VecEnv,
+                 seed: int, frame_refs: bool) -> None:
+        self.envs, self.first = envs, first_env
+        n = envs.num_envs
+        self.obs = envs.reset(seed=seed)
+        self.streams: FrameStreams | None = None
+        self.refs: np.ndarray | None = None
+        if frame_refs:
+            self.streams = FrameStreams(first_env, n, spec.obs_shape[0])
+            self.refs = self.streams.reset(self.obs)
+            ref_shape, ref_dtype = (3,), np.dtype(np.int64)
+        else:
+            ref_shape, ref_dtype = spec.obs_shape, spec.obs_dtype
+        # The adder carries observations, or frame references, without looking inside.
+        self.adder = NStepAdder(n, config.learner.n_step, config.learner.gamma, ref_shape,
+                                ref_dtype)
+        self.ep_return = np.zeros(n, dtype=np.float64)
+        self.ep_length = np.zeros(n, dtype=np.int64)
+        self.actions = np.zeros(n, dtype=np.int64)
 
 
 class Actor:
@@ -23,28 +51,30 @@ class Actor:
         torch.set_num_threads(1)  # one core per actor; intra-op threads only contend
         self.config, self.index = config, actor_index
         a = config.actors
-        self.envs = make_vec_env(config.env, a.envs_per_actor, seed)
+        e = a.envs_per_actor
+        groups = a.env_groups or (2 if spec.is_atari and e >= 2 else 1)
+        groups = max(1, min(groups, e))
+        threads = max(1, (config.env.env_threads or 2) // groups)
+        sizes = [e // groups + (1 if g < e % groups else 0) for g in range(groups)]
+        frame_refs = uses_frame_refs(config, spec)
+        self.groups: list[_Group] = []
+        first = actor_index * e
+        for g, size in enumerate(sizes):
+            envs = make_vec_env(config.env, size, seed + 7 * g, num_threads=threads)
+            self.groups.append(_Group(config, spec, first, envs, seed + 7 * g, frame_refs))
+            first += size
+        self.num_envs = e
+        self.num_actions = self.groups[0].envs.num_actions
         self.net = build_q_network(config.network, spec).eval()
         self.net.requires_grad_(False)
         self.version = 0
-        self.obs = self.envs.reset(seed=seed)
-        self.streams: FrameStreams | None = None
-        if uses_frame_refs(config, spec):
-            self.streams = FrameStreams(actor_index * a.envs_per_actor, a.envs_per_actor,
-                                        spec.obs_shape[0])
-            self.refs = self.streams.reset(self.obs)
-            ref_shape, ref_dtype = (3,), np.dtype(np.int64)
-        else:
-            ref_shape, ref_dtype = spec.obs_shape, spec.obs_dtype
-        # The adder carries observations, or frame references, without looking inside.
-        self.adder = NStepAdder(a.envs_per_actor, config.learner.n_step, config.learner.gamma,
-                                ref_shape, ref_dtype)
         self.epsilons = fleet_epsilons(a, actor_index)
         self.clip = clip_rewards_default(config.env)
         self.rng = np.random.default_rng(seed)
-        n = a.envs_per_actor
-        self._ep_return = np.zeros(n, dtype=np.float64)
-        self._ep_length = np.zeros(n, dtype=np.int64)
+
+    @property
+    def envs(self) -> VecEnv:
+        return self.groups[0].envs
 
     def set_weights(self, version: int, state: dict[str, torch.Tensor]) -> None:
         self.net.load_state_dict(state)
@@ -55,56 +85,82 @@ class Actor:
         if self.config.actors.epsilon == "linear":
             self.epsilons = fleet_epsilons(self.config.actors, self.index, fleet_step)
 
-    def select_action(self, obs: np.ndarray) -> np.ndarray:
-        """ε-greedy over the batch, one forward pass for the whole vector."""
-        with torch.inference_mode():
-            greedy = self.net(torch.from_numpy(obs)).argmax(dim=1).numpy()
-        n = len(greedy)
-        explore = self.rng.random(n) < self.epsilons
-        if explore.any():
-            rand = self.rng.integers(0, self.envs.num_actions, size=n)
-            greedy = np.where(explore, rand, greedy)
-        return greedy
+    def select_action(self, obs: np.ndarray, epsilons: np.ndarray | None = None) -> np.ndarray:
+        """ε-greedy over the batch; the network runs only for the envs acting greedily."""
+        eps = self.epsilons if epsilons is None else epsilons
+        n = len(obs)
+        explore = self.rng.random(n) < eps
+        actions = self.rng.integers(0, self.num_actions, size=n)
+        greedy = np.flatnonzero(~explore)
+        if greedy.size:
+            x = torch.from_numpy(obs if greedy.size == n else obs[greedy])
+            with torch.inference_mode():
+                actions[greedy] = self.net(x).argmax(dim=1).numpy()
+        return actions
+
+    def _send(self, g: _Group) -> None:
+        eps = self.epsilons[g.first - self.index * self.num_envs:][:g.envs.num_envs]
+        g.actions = self.select_action(g.obs, eps)
+        g.envs.send(g.actions)
+
+    def _record(self, g: _Group, step: Step, parts: list[Transitions],
+                episodes: list[Episode]) -> None:
+        rewards = np.clip(step.rewards, -1.0, 1.0) if self.clip else step.rewards
+        done = step.terminated | step.truncated
+        if g.streams is not None:
+            next_refs, refs = g.streams.step(step.obs, step.next_obs, done)
+            out = g.adder.add(g.refs, g.actions, rewards, step.terminated, step.truncated,
+                              next_refs)
+            g.refs = refs
+        else:
+            out = g.adder.add(g.obs, g.actions, rewards, step.terminated, step.truncated,
+                              step.next_obs)
+        if out is not None:
+            parts.append(out)
+        g.ep_return += step.rewards
+        g.ep_length += 1
+        for e in np.flatnonzero(done):
+            episodes.append(Episode(float(g.ep_return[e]), int(g.ep_length[e]),
+                                    bool(step.terminated[e])))
+            g.ep_return[e] = 0.0
+            g.ep_length[e] = 0
+        g.obs = step.obs
 
     def collect(self, steps: int) -> Chunk:
         """Step every env `steps` times; return the completed transitions and episodes."""
         parts: list[Transitions] = []
         episodes: list[Episode] = []
-        for _ in range(steps):
-            actions = self.select_action(self.obs)
-            step = self.envs.step(actions)
-            rewards = np.clip(step.rewards, -1.0, 1.0) if self.clip else step.rewards
-            done = step.terminated | step.truncated
-            if self.streams is not None:
-                next_refs, refs = self.streams.step(step.obs, step.next_obs, done)
-                out = self.adder.add(self.refs, actions, rewards, step.terminated,
-                                     step.truncated, next_refs)
-                self.refs = refs
-            else:
-                out = self.adder.add(self.obs, actions, rewards, step.terminated,
-                                     step.truncated, step.next_obs)
-            if out is not None:
-                parts.append(out)
-            self._ep_return += step.rewards
-            self._ep_length += 1
-            for e in np.flatnonzero(done):
-                episodes.append(Episode(float(self._ep_return[e]), int(self._ep_length[e]),
-                                        bool(step.terminated[e])))
-                self._ep_return[e] = 0.0
-                self._ep_length[e] = 0
-            self.obs = step.obs
-        example = self.refs if self.streams is not None else self.obs
-        transitions = Transitions.concat(parts) if parts else _empty_like(example)
-        frames = self.streams.drain() if self.streams is not None else None
-        return Chunk(transitions, self.index, self.version, steps * self.envs.num_envs,
+        groups = self.groups
+        if len(groups) == 1:
+            g = groups[0]
+            for _ in range(steps):
+                self._send(g)
+                self._record(g, g.envs.recv(), parts, episodes)
+        else:
+            total = steps * len(groups)
+            self._send(groups[0])
+            for t in range(total):
+                if t + 1 < total:  # the next group's actions go out before this one returns
+                    self._send(groups[(t + 1) % len(groups)])
+                g = groups[t % len(groups)]
+                self._record(g, g.envs.recv(), parts, episodes)
+        transitions = Transitions.concat(parts) if parts else self._empty()
+        frames = None
+        if groups[0].streams is not None:
+            drained = [g.streams.drain() for g in groups if g.streams is not None]
+            frames = type(drained[0])(*(np.concatenate(col) for col in zip(*drained,
+                                                                            strict=True)))
+        return Chunk(transitions, self.index, self.version, steps * self.num_envs,
                      episodes, float(np.mean(self.epsilons)), frames)
 
+    def _empty(self) -> Transitions:
+        g = self.groups[0]
+        example = g.refs if g.refs is not None else g.obs
+        shape = (0, *example.shape[1:])
+        return Transitions(np.empty(shape, example.dtype), np.empty(0, np.int64),
+                           np.empty(0, np.float32), np.empty(0, np.float32),
+                           np.empty(shape, example.dtype))
+
     def close(self) -> None:
-        self.envs.close()
-
-
-def _empty_like(obs: np.ndarray) -> Transitions:
-    shape = (0, *obs.shape[1:])
-    return Transitions(np.empty(shape, obs.dtype), np.empty(0, np.int64),
-                       np.empty(0, np.float32), np.empty(0, np.float32),
-                       np.empty(shape, obs.dtype))
+        for g in self.groups:
+            g.envs.close()

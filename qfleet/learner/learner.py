@@ -69,7 +69,10 @@ class Learner:
         self.online = build_q_network(config.network, spec).to(self.device)
         self.target = (self.online if lc.target_update == "none"
                        else copy.deepcopy(self.online).requires_grad_(False))
-        self.optimizer = torch.optim.Adam(self.online.parameters(), lr=lc.lr, eps=lc.adam_eps)
+        # Multi-tensor Adam on CPU, fused kernels on GPU: one launch per step, not per tensor.
+        fast = {"fused": True} if self.device.type == "cuda" else {"foreach": True}
+        self.optimizer = torch.optim.Adam(self.online.parameters(), lr=lc.lr, eps=lc.adam_eps,
+                                          **fast)
         rc, a = config.replay, config.actors
         self.replay = make_replay(
             rc.kind, rc.capacity, spec.obs_shape, spec.obs_dtype, self.device,
@@ -83,11 +86,13 @@ class Learner:
         self.episodes = 0
         self.version = 0
         self.nonfinite_skipped = 0
+        self._largest_chunk = 0
         self._reset_stats()
 
     # -- data in -------------------------------------------------------------------------
     def add(self, chunk: Chunk) -> list[Episode]:
         self.replay.add(chunk.transitions, chunk.frames)
+        self._largest_chunk = max(self._largest_chunk, len(chunk.transitions))
         self.env_steps += chunk.env_steps
         self.transitions += len(chunk.transitions)
         self.episodes += len(chunk.episodes)
@@ -109,6 +114,20 @@ class Learner:
                     (self.updates + 1) * lc.batch_size > lc.replay_ratio * self.transitions:
                 return False
         return True
+
+    def accepts(self, incoming: int) -> bool:
+        """Whether `incoming` more transitions keep the actors within the replay ratio.
+
+        With `replay_ratio` set, actors are throttled so that each transition is replayed
+        about `replay_ratio` times on average; a couple of chunks of slack keep the learner
+        from ever waiting on data when it is the bottleneck.
+        """
+        lc, rc = self.config.learner, self.config.replay
+        if lc.replay_ratio is None or rc.kind == "none" or not lc.throttle_actors:
+            return True
+        allowed = max(rc.min_size, self.updates * lc.batch_size / lc.replay_ratio)
+        slack = 2 * max(self._largest_chunk, lc.batch_size)
+        return self.transitions + incoming <= allowed + slack
 
     def wants_data(self) -> bool:
         """A stream learns each transition once: take more only when the stream runs dry."""

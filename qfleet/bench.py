@@ -1,0 +1,286 @@
+"""`qfleet bench`: each figure we publish, next to its limit measured in the same run.
+
+Benchmarks, not tests: they print numbers and never assert. `actors` and `learner` compare
+our code with the bare loop it wraps on the same core(s) and report the ratio; `replay`
+reports bytes per stored Atari transition; `pipeline` measures transitions/s into the
+learner's replay through a real local Ray.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from qfleet.config import Config, load_config
+
+ATARI = "ALE/SpaceInvaders-v5"
+
+
+def _rate(fn: Callable[[], int], seconds: float) -> float:
+    """Items per second of repeated `fn()` calls (each returns its item count)."""
+    fn()  # warm-up: lazy allocations, first-call costs
+    n, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        n += fn()
+    return n / elapsed
+
+
+def _interleaved(a: Callable[[], int], b: Callable[[], int], seconds: float,
+                 rounds: int = 3) -> tuple[float, float]:
+    """Median rates of a and b, measured in alternation so machine noise hits both."""
+    ra, rb = [], []
+    for _ in range(rounds):
+        ra.append(_rate(a, seconds / rounds))
+        rb.append(_rate(b, seconds / rounds))
+    return statistics.median(ra), statistics.median(rb)
+
+
+def _atari_config(overrides: list[str]) -> Config:
+    return load_config(None, [f"env.id={ATARI}", "stop.env_steps=1", "network.kind=nature_cnn",
+                              *overrides])
+
+
+def bench_envs(seconds: float, envs: int = 16, threads: int = 2) -> dict[str, Any]:
+    """ALE vector env vs one plain Gymnasium env with the same preprocessing."""
+    import ale_py
+    import gymnasium as gym
+    from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
+
+    from qfleet.envs import make_vec_env
+
+    config = _atari_config([f"env.env_threads={threads}"])
+    vec = make_vec_env(config.env, envs, seed=0)
+    vec.reset(seed=0)
+    rng = np.random.default_rng(0)
+
+    def vec_step() -> int:
+        vec.step(rng.integers(0, vec.num_actions, envs))
+        return envs
+
+    gym.register_envs(ale_py)
+    single = FrameStackObservation(AtariPreprocessing(
+        gym.make(ATARI, frameskip=1), frame_skip=4, noop_max=30), 4)
+    single.reset(seed=0)
+
+    def single_step() -> int:
+        _, _, term, trunc, _ = single.step(single.action_space.sample())
+        if term or trunc:
+            single.reset()
+        return 1
+
+    vec_rate, single_rate = _interleaved(vec_step, single_step, seconds)
+    vec.close()
+    single.close()
+    return {"bench": "envs", "env": ATARI, "envs": envs, "threads": threads,
+            "vector_steps_per_s": vec_rate, "single_env_steps_per_s": single_rate,
+            "ratio": vec_rate / single_rate}
+
+
+def bench_actors(seconds: float, envs: int = 16, threads: int = 2) -> dict[str, Any]:
+    """One Actor (inference, ε-greedy, n-step, frame streams) vs the bare vector env."""
+    from qfleet.actors.actor import Actor
+    from qfleet.envs import env_spec, make_vec_env
+
+    config = _atari_config([f"actors.envs_per_actor={envs}", f"env.env_threads={threads}",
+                            "actors.num_actors=1", "learner.n_step=3", "network.dueling=true"])
+    spec = env_spec(config.env)
+    actor = Actor(config, spec, 0, seed=0)
+    bare = make_vec_env(config.env, envs, seed=1)
+    bare.reset(seed=1)
+    rng = np.random.default_rng(0)
+
+    def bare_step() -> int:
+        bare.step(rng.integers(0, bare.num_actions, envs))
+        return envs
+
+    def actor_chunk() -> int:
+        return actor.collect(4).env_steps
+
+    actor_rate, bare_rate = _interleaved(actor_chunk, bare_step, seconds)
+    actor.close()
+    bare.close()
+    return {"bench": "actors", "env": ATARI, "envs": envs, "threads": threads,
+            "torch_threads": torch.get_num_threads(),
+            "actor_steps_per_s": actor_rate, "bare_env_steps_per_s": bare_rate,
+            "ratio": actor_rate / bare_rate}
+
+
+def bench_learner(seconds: float, batch_size: int = 32, device: str = "auto",
+                  replay: str = "prioritized") -> dict[str, Any]:
+    """Learner.step (sampling, priorities, target sync, publishing) vs a bare torch loop."""
+    from qfleet.actors.actor import Actor
+    from qfleet.envs import env_spec
+    from qfleet.learner.learner import Learner, pick_device
+    from qfleet.learner.loss import dqn_loss
+
+    dev = pick_device(device)
+    config = _atari_config([f"learner.batch_size={batch_size}", f"replay.kind={replay}",
+                            "replay.capacity=20000", "replay.min_size=1000",
+                            "learner.double_dqn=true", "learner.loss=huber",
+                            "learner.grad_clip=10", "learner.target_update_every=1000",
+                            "network.dueling=true", "learner.publish_every=50",
+                            "actors.num_actors=1", "actors.envs_per_actor=16"])
+    spec = env_spec(config.env)
+    learner = Learner(config, spec, dev)
+    actor = Actor(config, spec, 0, seed=0)
+    while len(learner.replay) < 4000:
+        learner.add(actor.collect(16))
+    actor.close()
+    batch, _, _ = learner.replay.sample(batch_size)
+
+    # The bare loop: the same network, loss, clipping and Adam on one fixed batch.
+    online = copy.deepcopy(learner.online)
+    target = copy.deepcopy(learner.target)
+    opt = torch.optim.Adam(online.parameters(), lr=1e-4, eps=1.5e-4,
+                           **({"fused": True} if dev.type == "cuda" else {"foreach": True}))
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+
+    def bare_update(k: int = 10) -> int:
+        for _ in range(k):
+            loss, _ = dqn_loss(online, target, *batch, double=True, kind="huber")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(online.parameters(), 10.0)
+            opt.step()
+        sync()
+        return k
+
+    def learner_update(k: int = 10) -> int:
+        for _ in range(k):
+            learner.step()
+            if learner.updates % config.learner.publish_every == 0:
+                learner.get_weights()
+        sync()
+        return k
+
+    ours, bare = _interleaved(learner_update, bare_update, seconds)
+    return {"bench": "learner", "device": str(dev), "batch_size": batch_size,
+            "network": "nature_cnn+dueling", "replay": replay,
+            "learner_updates_per_s": ours, "bare_updates_per_s": bare, "ratio": ours / bare}
+
+
+def bench_replay(seconds: float, capacity: int = 100_000, device: str = "cpu"
+                 ) -> dict[str, Any]:
+    """Bytes per stored Atari transition (measured from the allocated tensors), insert and
+    sample throughput of the prioritized replay."""
+    from qfleet.actors.actor import Actor
+    from qfleet.envs import env_spec
+    from qfleet.learner.replay import ReplayBuffer, make_replay
+
+    config = _atari_config(["actors.num_actors=1", "actors.envs_per_actor=16",
+                            "learner.n_step=3"])
+    spec = env_spec(config.env)
+    dev = torch.device(device)
+    replay = make_replay("prioritized", capacity, spec.obs_shape, spec.obs_dtype, dev,
+                         frame_refs=True, num_streams=16, window=64)
+    assert isinstance(replay, ReplayBuffer)
+    held = [t for t in vars(replay.storage).values() if isinstance(t, torch.Tensor)]
+    held.append(replay.sampler.tree.tree)
+    total = sum(t.numel() * t.element_size() for t in held)
+    actor = Actor(config, spec, 0, seed=0)
+    chunks = [actor.collect(16) for _ in range(8)]
+    actor.close()
+    i = 0
+
+    def insert() -> int:
+        nonlocal i
+        c = chunks[i % len(chunks)]
+        i += 1
+        replay.add(c.transitions, c.frames)
+        return len(c.transitions)
+
+    insert_rate = _rate(insert, seconds / 2)
+    while len(replay) < min(capacity, 20_000):
+        insert()
+
+    def sample() -> int:
+        _, keys, _ = replay.sample(512)
+        replay.update_priorities(keys, torch.rand(512, device=dev))
+        return 512
+
+    sample_rate = _rate(sample, seconds / 2)
+    return {"bench": "replay", "capacity": capacity, "device": device,
+            "bytes_per_transition": total / capacity, "limit_bytes": 8192,
+            "dense_bytes_per_transition": 2 * 4 * 84 * 84 + 16,
+            "insert_transitions_per_s": insert_rate,
+            "sample_transitions_per_s": sample_rate}
+
+
+def bench_pipeline(seconds: float, actors: int = 2, env_id: str = "CartPole-v1",
+                   address: str | None = None) -> dict[str, Any]:
+    """Transitions/s from N actors into the learner's replay on a local (or given) Ray."""
+    import ray
+
+    from qfleet.envs import env_spec
+    from qfleet.fleet import connect_ray
+    from qfleet.remote import RemoteActor, RemoteLearner
+
+    config = load_config(None, [f"env.id={env_id}", f"actors.num_actors={actors}",
+                                "stop.env_steps=1", "replay.capacity=200000",
+                                "replay.min_size=200000", "actors.envs_per_actor=16",
+                                "actors.chunk_steps=16", "learner.inbox_chunks=16"])
+    spec = env_spec(config.env)
+    connect_ray(address, actors + 1)
+    cfg = config.to_dict()
+    learner = RemoteLearner.options(num_cpus=1).remote(cfg, spec, None)
+    fleet = [RemoteActor.options(num_cpus=1, scheduling_strategy="SPREAD").remote(
+        cfg, spec, i, i + 1, learner) for i in range(actors)]
+    runs = [a.run.remote() for a in fleet]
+    time.sleep(3.0)  # actors up and streaming
+    first = ray.get(learner.stats.remote())
+    t0 = time.perf_counter()
+    time.sleep(seconds)
+    last = ray.get(learner.stats.remote())
+    dt = time.perf_counter() - t0
+    ray.get(learner.stop.remote())
+    ray.wait(runs, num_returns=len(runs), timeout=10)
+    nodes = len(last["actor_nodes"])
+    ray.shutdown()
+    return {"bench": "pipeline", "env": env_id, "actors": actors, "actor_nodes": nodes,
+            "transitions_per_s": (last["transitions"] - first["transitions"]) / dt,
+            "env_steps_per_s": (last["env_steps"] - first["env_steps"]) / dt,
+            "cpus": os.cpu_count()}
+
+
+BENCHES: dict[str, Callable[..., dict[str, Any]]] = {
+    "envs": bench_envs, "actors": bench_actors, "learner": bench_learner,
+    "replay": bench_replay, "pipeline": bench_pipeline,
+}
+
+
+def describe(result: dict[str, Any]) -> list[str]:
+    """Human lines: each figure next to its limit."""
+    name = result["bench"]
+    if name == "envs":
+        return [f"ALE vector env ({result['envs']} envs, {result['threads']} threads): "
+                f"{result['vector_steps_per_s']:,.0f} steps/s",
+                f"one Gymnasium env, same preprocessing: "
+                f"{result['single_env_steps_per_s']:,.0f} steps/s "
+                f"(vector/single {result['ratio']:.2f}x)"]
+    if name == "actors":
+        return [f"actor, inference included: {result['actor_steps_per_s']:,.0f} env steps/s",
+                f"bare vector env, same envs and threads: "
+                f"{result['bare_env_steps_per_s']:,.0f} env steps/s",
+                f"ratio {result['ratio']:.2f} (target >= 0.80)"]
+    if name == "learner":
+        return [f"learner on {result['device']}, batch {result['batch_size']}, "
+                f"{result['replay']} replay: {result['learner_updates_per_s']:,.1f} updates/s",
+                f"bare torch loop, same network/loss/optimizer: "
+                f"{result['bare_updates_per_s']:,.1f} updates/s",
+                f"ratio {result['ratio']:.2f} (target >= 0.90)"]
+    if name == "replay":
+        return [f"Atari replay: {result['bytes_per_transition']:,.0f} bytes per stored "
+                f"transition (limit {result['limit_bytes']:,}; two dense stacks would be "
+                f"{result['dense_bytes_per_transition']:,})",
+                f"insert {result['insert_transitions_per_s']:,.0f} transitions/s, "
+                f"sample+update {result['sample_transitions_per_s']:,.0f} transitions/s"]
+    return [f"{result['actors']} actors on {result['actor_nodes']} node(s) -> learner replay: "
+            f"{result['transitions_per_s']:,.0f} transitions/s "
+            f"({result['env_steps_per_s']:,.0f} env steps/s)"]
