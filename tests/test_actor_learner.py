@@ -77,3 +77,49 @@ def test_learner_state_round_trip():
     assert other.updates == 3 and other.env_steps == learner.env_steps
     for k, v in learner.online.state_dict().items():
         assert torch.equal(v, other.online.state_dict()[k])
+
+
+def test_actors_are_throttled_to_the_replay_ratio():
+    config, spec = make(["actors.envs_per_actor=2", "replay.min_size=20",
+                         "learner.batch_size=10", "learner.replay_ratio=2"])
+    actor, learner = Actor(config, spec, 0, 1), Learner(config, spec)
+    assert learner.accepts(20)  # warm-up is never throttled
+    while learner.accepts(4):
+        learner.add(actor.collect(2))
+    # Actors must wait now; each update (10 samples at ratio 2) makes room for 5 more.
+    before = learner.transitions
+    assert not learner.accepts(4)
+    for _ in range(20):
+        if learner.ready():
+            learner.step()
+    assert learner.accepts(4)
+    assert learner.transitions == before
+    off = load_config(None, ["stop.env_steps=1", "learner.replay_ratio=2",
+                             "learner.throttle_actors=false"])
+    assert Learner(off, spec).accepts(10**9)
+
+
+def test_a_nonfinite_loss_skips_the_update():
+    config, spec = make(["replay.min_size=32"])
+    actor, learner = Actor(config, spec, 0, 1), Learner(config, spec)
+    learner.add(actor.collect(10))
+    before = {k: v.clone() for k, v in learner.online.state_dict().items()}
+    learner.fault_hook = lambda loss: loss * float("nan")
+    learner.step()
+    assert learner.updates == 0 and learner.nonfinite_skipped == 1
+    assert all(torch.equal(before[k], v) for k, v in learner.online.state_dict().items())
+    learner.fault_hook = None
+    learner.step()
+    assert learner.updates == 1
+
+
+def test_a_resumed_learner_refills_its_replay_before_throttling():
+    config, spec = make(["replay.min_size=40", "learner.batch_size=10",
+                         "learner.replay_ratio=1"])
+    actor, learner = Actor(config, spec, 0, 1), Learner(config, spec)
+    while learner.accepts(16):
+        learner.add(actor.collect(2))
+    state = learner.state_dict()
+    resumed = Learner(config, spec)
+    resumed.load_state_dict(state)  # counters back, replay empty
+    assert resumed.accepts(16)

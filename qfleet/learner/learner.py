@@ -8,6 +8,7 @@ The Ray wrapper (`qfleet.remote`) runs `step()` in a loop and feeds `add()` from
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -87,6 +88,10 @@ class Learner:
         self.version = 0
         self.nonfinite_skipped = 0
         self._largest_chunk = 0
+        self._prefetch = self.device.type == "cuda" and config.replay.kind != "none"
+        self._prefetched: tuple | None = None
+        self.fault_hook: Callable[[torch.Tensor], torch.Tensor] | None = None
+        """Test hook: may replace the loss (e.g. with NaN) before the finiteness check."""
         self._reset_stats()
 
     # -- data in -------------------------------------------------------------------------
@@ -125,6 +130,8 @@ class Learner:
         lc, rc = self.config.learner, self.config.replay
         if lc.replay_ratio is None or rc.kind == "none" or not lc.throttle_actors:
             return True
+        if len(self.replay) < rc.min_size:
+            return True  # warming up (also after a resume, whose replay starts empty)
         allowed = max(rc.min_size, self.updates * lc.batch_size / lc.replay_ratio)
         slack = 2 * max(self._largest_chunk, lc.batch_size)
         return self.transitions + incoming <= allowed + slack
@@ -138,9 +145,17 @@ class Learner:
     def step(self) -> None:
         """One gradient update on one sampled batch."""
         lc = self.config.learner
-        batch, keys, weights = self.replay.sample(lc.batch_size)
+        sample = self._prefetched or self.replay.sample(lc.batch_size)
+        self._prefetched = None
+        batch, keys, weights = sample
         loss, extras = dqn_loss(self.online, self.target, *batch, double=lc.double_dqn,
                                 kind=lc.loss, weights=weights)
+        if self._prefetch:
+            # On a GPU, queue the next batch's gathers before the one host sync below, so
+            # sampling runs while we wait (its priorities are one update old, as in Ape-X).
+            self._prefetched = self.replay.sample(lc.batch_size)
+        if self.fault_hook is not None:
+            loss = self.fault_hook(loss)
         if not torch.isfinite(loss):
             self.nonfinite_skipped += 1
             return

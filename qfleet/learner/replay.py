@@ -40,7 +40,7 @@ def _tensor(a: np.ndarray, device: torch.device) -> torch.Tensor:
 class Storage(Protocol):
     def write(self, slots: torch.Tensor, items: Transitions, frames: Frames | None) -> None: ...
     def gather(self, slots: torch.Tensor) -> Batch: ...
-    def valid(self, slots: torch.Tensor) -> torch.Tensor: ...
+    def valid(self, slots: torch.Tensor) -> torch.Tensor | None: ...
 
 
 class DenseStorage:
@@ -68,8 +68,9 @@ class DenseStorage:
     def gather(self, slots: torch.Tensor) -> Batch:
         return Batch(*(col.index_select(0, slots) for col in self.cols))
 
-    def valid(self, slots: torch.Tensor) -> torch.Tensor:
-        return torch.ones(slots.shape, dtype=torch.bool, device=slots.device)
+    def valid(self, slots: torch.Tensor) -> torch.Tensor | None:
+        """Dense rows are always whole."""
+        return None
 
 
 class FrameStorage:
@@ -188,15 +189,14 @@ class ReplayBuffer:
         """A batch, its slots (keys for priority updates), and importance weights."""
         keys, weights = self.sampler.sample(n, self._size)
         ok = self.storage.valid(keys)
-        if not bool(ok.all()):
+        if ok is not None:
             # Rare: a stack whose frames were recycled. Never sample it again, and swap in
-            # the newest transitions, whose frames are certainly there.
-            bad = torch.nonzero(~ok).squeeze(1)
+            # the newest transitions, whose frames are certainly there. Branch-free, so a
+            # GPU learner never waits for the check.
             if isinstance(self.sampler, PrioritizedSampler):
-                self.sampler.invalidate(keys[bad])
-            keys = keys.clone()
-            keys[bad] = (self._next - 1 - torch.arange(bad.numel(), device=self.device)) \
-                % self.capacity
+                self.sampler.invalidate(keys, keep=ok)
+            newest = (self._next - 1 - torch.arange(n, device=self.device)) % self.capacity
+            keys = torch.where(ok, keys, newest)
         return self.storage.gather(keys), keys, weights
 
     def update_priorities(self, keys: torch.Tensor, td_abs: torch.Tensor) -> None:

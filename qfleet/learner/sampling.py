@@ -35,7 +35,9 @@ class SumTree:
         node = idx.long() + self.size
         self.tree[node] = values.to(self.tree.dtype)
         for _ in range(self.depth):
-            node = torch.unique(node // 2)
+            # Duplicate parents write the same sum, so no unique() (which would force a
+            # device-to-host sync on a GPU) is needed.
+            node = node // 2
             self.tree[node] = self.tree[2 * node] + self.tree[2 * node + 1]
 
     def find(self, mass: torch.Tensor) -> torch.Tensor:
@@ -74,12 +76,12 @@ class PrioritizedSampler:
         self.device = torch.device(device)
         self.alpha, self.beta0, self.beta_steps, self.eps = alpha, beta0, beta_steps, eps
         self.beta = beta0
-        self.max_priority = 1.0
+        # Kept on the device: reading it back every update would stall a GPU learner.
+        self.max_priority = torch.ones((), dtype=torch.float64, device=self.device)
 
     def on_insert(self, slots: torch.Tensor) -> None:
         """New transitions get the largest priority seen, so each is replayed soon."""
-        self.tree.set(slots, torch.full(slots.shape, self.max_priority ** self.alpha,
-                                        device=self.device))
+        self.tree.set(slots, (self.max_priority ** self.alpha).expand(slots.shape))
 
     def sample(self, n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         total = self.tree.total
@@ -93,12 +95,12 @@ class PrioritizedSampler:
 
     def update(self, slots: torch.Tensor, td_abs: torch.Tensor) -> None:
         priorities = td_abs.detach().double() + self.eps
-        # One sync per update is the price of the running max; it keeps new items on top.
-        self.max_priority = max(self.max_priority, float(priorities.max()))
+        self.max_priority = torch.maximum(self.max_priority, priorities.max())
         self.tree.set(slots, priorities ** self.alpha)
 
     def step(self, updates: int) -> None:
         self.beta = linear_anneal(updates, self.beta0, 1.0, self.beta_steps)
 
-    def invalidate(self, slots: torch.Tensor) -> None:
-        self.tree.set(slots, torch.zeros(slots.shape, device=self.device))
+    def invalidate(self, slots: torch.Tensor, keep: torch.Tensor) -> None:
+        """Zero the priority of `slots` where `keep` is False (others keep theirs)."""
+        self.tree.set(slots, torch.where(keep, self.tree.leaves(slots), 0.0))

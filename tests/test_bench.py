@@ -1,0 +1,38 @@
+"""`qfleet bench` runs and reports its figures (benchmarks: figures are printed, not judged,
+except the replay's memory bound, which is exact arithmetic on allocated tensors)."""
+
+import json
+
+import pytest
+
+from tests.conftest import assert_one_line_error, qfleet
+
+
+def last_json(result):
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_replay_stores_an_atari_transition_in_under_8_kib():
+    report = last_json(qfleet("bench", "replay", "--seconds", "1", "--json", timeout=300))
+    assert report["bytes_per_transition"] <= 8192
+    assert report["insert_transitions_per_s"] > 0 and report["sample_transitions_per_s"] > 0
+
+
+@pytest.mark.parametrize(("which", "keys"), [
+    ("actors", ("actor_steps_per_s", "bare_env_steps_per_s", "ratio")),
+    ("learner", ("learner_updates_per_s", "bare_updates_per_s", "ratio")),
+    ("envs", ("vector_steps_per_s", "single_env_steps_per_s")),
+    ("pipeline", ("transitions_per_s", "actor_nodes")),
+])
+def test_benchmarks_report_figure_and_limit(which, keys):
+    result = qfleet("bench", which, "--seconds", "1", "--json", timeout=300)
+    report = last_json(result)
+    assert report["bench"] == which
+    for key in keys:
+        assert report[key] > 0, key
+    assert len(result.stdout.strip().splitlines()) >= 2  # human lines before the JSON
+
+
+def test_unknown_benchmark():
+    assert_one_line_error(qfleet("bench", "gpu"), "unknown benchmark 'gpu'")
