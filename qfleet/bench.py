@@ -47,22 +47,29 @@ def _atari_config(overrides: list[str]) -> Config:
                               *overrides])
 
 
+def _bare_stepper(config: Config, envs: int, seed: int) -> tuple[Any, Callable[[], int]]:
+    """The bare vector env with random actions: the limit actors are measured against."""
+    from qfleet.envs import make_vec_env
+
+    vec = make_vec_env(config.env, envs, seed=seed)
+    vec.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+
+    def step() -> int:
+        vec.step(rng.integers(0, vec.num_actions, envs))
+        return envs
+
+    return vec, step
+
+
 def bench_envs(seconds: float, envs: int = 16, threads: int = 2) -> dict[str, Any]:
     """ALE vector env vs one plain Gymnasium env with the same preprocessing."""
     import ale_py
     import gymnasium as gym
     from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
 
-    from qfleet.envs import make_vec_env
-
     config = _atari_config([f"env.env_threads={threads}"])
-    vec = make_vec_env(config.env, envs, seed=0)
-    vec.reset(seed=0)
-    rng = np.random.default_rng(0)
-
-    def vec_step() -> int:
-        vec.step(rng.integers(0, vec.num_actions, envs))
-        return envs
+    vec, vec_step = _bare_stepper(config, envs, seed=0)
 
     gym.register_envs(ale_py)
     single = FrameStackObservation(AtariPreprocessing(
@@ -86,19 +93,13 @@ def bench_envs(seconds: float, envs: int = 16, threads: int = 2) -> dict[str, An
 def bench_actors(seconds: float, envs: int = 16, threads: int = 2) -> dict[str, Any]:
     """One Actor (inference, ε-greedy, n-step, frame streams) vs the bare vector env."""
     from qfleet.actors.actor import Actor
-    from qfleet.envs import env_spec, make_vec_env
+    from qfleet.envs import env_spec
 
     config = _atari_config([f"actors.envs_per_actor={envs}", f"env.env_threads={threads}",
                             "actors.num_actors=1", "learner.n_step=3", "network.dueling=true"])
     spec = env_spec(config.env)
     actor = Actor(config, spec, 0, seed=0)
-    bare = make_vec_env(config.env, envs, seed=1)
-    bare.reset(seed=1)
-    rng = np.random.default_rng(0)
-
-    def bare_step() -> int:
-        bare.step(rng.integers(0, bare.num_actions, envs))
-        return envs
+    bare, bare_step = _bare_stepper(config, envs, seed=1)
 
     def actor_chunk() -> int:
         return actor.collect(4).env_steps
