@@ -17,6 +17,6 @@ COPY --chown=qfleet:qfleet qfleet ./qfleet
 RUN pip install --no-cache-dir .
 COPY --chown=qfleet:qfleet configs ./configs
 
-USER qfleet
+USER 1000:1000
 ENTRYPOINT ["qfleet"]
 CMD ["--help"]

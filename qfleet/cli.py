@@ -116,7 +116,8 @@ def train(
 
     from qfleet.fleet import Fleet, FleetError, connect_ray
 
-    needed = config.actors.num_actors * config.actors.num_cpus + 1
+    count = config.actors.num_actors
+    needed = (count if isinstance(count, int) else 1) * config.actors.num_cpus + 1
     try:
         connect_ray(address, needed)
         fleet = Fleet(config, spec, run_dir_, command_start=start, resume=resume_state)

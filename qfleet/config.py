@@ -52,7 +52,12 @@ class NetworkConfig(_Section):
 
 
 class ActorsConfig(_Section):
-    num_actors: int = Field(2, ge=1, le=4096)
+    num_actors: int | Literal["auto"] = 2
+    """`auto`: as many as the cluster's free CPUs hold, growing as nodes join."""
+    max_actors: int | None = Field(None, ge=1, le=4096)
+    """Ceiling for an `auto` fleet (default: 4× the actors that fit at start)."""
+    resources: dict[str, float] = {}
+    """Extra Ray resources each actor needs, e.g. a custom `{actor_node: 1}` label."""
     envs_per_actor: int = Field(8, ge=1, le=1024)
     epsilon: Literal["apex", "linear"] = "apex"
     """`apex`: fixed ε_i = ε^(1+α·i/(N−1)) over all N envs of the fleet; `linear`: decays."""
@@ -69,6 +74,19 @@ class ActorsConfig(_Section):
     max_in_flight: int = Field(2, ge=1, le=64)
     """Chunks an actor may have unacknowledged by the learner: the backpressure bound."""
     num_cpus: float = Field(1.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _check_count(self) -> ActorsConfig:
+        if isinstance(self.num_actors, int) and not 1 <= self.num_actors <= 4096:
+            raise ValueError("num_actors: expected 1..4096 or auto")
+        return self
+
+    @property
+    def stream_slots(self) -> int:
+        """Env streams the learner must tell apart: every env the fleet may ever run."""
+        count = self.max_actors or (self.num_actors if isinstance(self.num_actors, int) else 1)
+        return max(count, self.num_actors if isinstance(self.num_actors, int) else 1) \
+            * self.envs_per_actor
 
 
 class LearnerConfig(_Section):
@@ -96,6 +114,8 @@ class LearnerConfig(_Section):
     num_threads: int = Field(1, ge=1)
     inbox_chunks: int = Field(8, ge=1)
     """Chunks the learner queues before `add` blocks the sending actors (backpressure)."""
+    resources: dict[str, float] = {}
+    """Extra Ray resources the learner needs, e.g. `{"node:__internal_head__": 0.01}`."""
 
 
 class ReplayConfig(_Section):

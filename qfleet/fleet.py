@@ -63,6 +63,34 @@ def connect_ray(address: str | None, cpus_needed: float) -> None:
              include_dashboard=False, logging_level="WARNING", log_to_driver=True)
 
 
+def resolve_fleet(config: Config) -> Config:
+    """Fix an `auto` fleet size from the cluster's free CPUs (one CPU kept for the learner)."""
+    a = config.actors
+    if a.num_actors != "auto":
+        return config
+    free = ray.available_resources().get("CPU", 0.0)
+    n = max(1, int((free - 1.0) // a.num_cpus))
+    actors = a.model_copy(update={"num_actors": n, "max_actors": a.max_actors or 4 * n})
+    return config.model_copy(update={"actors": actors})
+
+
+def check_placeable(config: Config) -> None:
+    """Refuse, before anything waits forever, what no node of the cluster can ever host."""
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+
+    def fits(need: dict[str, float]) -> bool:
+        return any(all(res.get(k, 0.0) >= v for k, v in need.items()) for res in nodes)
+
+    a, lc = config.actors, config.learner
+    if not fits({"CPU": a.num_cpus, **a.resources}):
+        raise LearnerError(f"actors: no node of the cluster has {a.num_cpus:g} CPU(s)"
+                           + (f" and resources {a.resources}" if a.resources else ""))
+    if lc.resources and not fits({"CPU": 1.0, **lc.resources}):
+        raise LearnerError(f"learner.resources: no node of the cluster has {lc.resources}")
+    if lc.device == "cuda" and not fits({"GPU": 1.0}):
+        raise LearnerError("learner.device: cuda requested but the cluster has no GPU")
+
+
 def _learner_start_error(err: Exception) -> Exception:
     """Turn a learner that died in its constructor back into the one-line error it raised."""
     match = re.search(r"LearnerError: (.+)", str(err))
@@ -85,6 +113,10 @@ class Fleet:
         self.reporter = reporter or Reporter(config, run_dir, start_step=self.state.env_steps)
         self._stop_requested = False
         self._cfg = config.to_dict()
+        self._auto = False
+        self._chunks_by_actor: dict[int, int] = {}
+        self._chunks_at_start: dict[int, int] = {}
+        self._last_grow = 0.0
 
     # -- lifecycle -----------------------------------------------------------------------
     def _start(self) -> None:
@@ -94,6 +126,8 @@ class Fleet:
         learner_opts: dict[str, Any] = {"num_cpus": 1}
         if c.learner.device != "cpu" and gpus >= 1:
             learner_opts["num_gpus"] = 1
+        if c.learner.resources:
+            learner_opts["resources"] = dict(c.learner.resources)
         resume_state = None
         if self.resume is not None:
             resume_state = {k: self.resume[k] for k in ("network", "target", "optimizer",
@@ -113,10 +147,31 @@ class Fleet:
     def _start_actor(self, index: int, generation: int = 0) -> None:
         c = self.config
         seed = c.env.seed + 1000 * index + 7919 * generation + 1
-        actor = RemoteActor.options(num_cpus=c.actors.num_cpus, scheduling_strategy="SPREAD")\
-            .remote(self._cfg, self.spec, index, seed, self.learner)
+        opts: dict[str, Any] = {"num_cpus": c.actors.num_cpus, "scheduling_strategy": "SPREAD"}
+        if c.actors.resources:
+            opts["resources"] = dict(c.actors.resources)
+        actor = RemoteActor.options(**opts).remote(self._cfg, self.spec, index, seed,
+                                                    self.learner)
         self.actors[index] = actor
         self.runs[actor.run.remote()] = index
+        self._chunks_at_start[index] = self._chunks_by_actor.get(index, 0)
+
+    def _grow(self) -> None:
+        """An `auto` fleet takes the CPUs of nodes that joined: one more actor per check,
+        and only once every actor started so far is streaming."""
+        a = self.config.actors
+        if not self._auto or len(self.actors) >= (a.max_actors or 0):
+            return
+        pending = [i for i, n in self._chunks_at_start.items()
+                   if self._chunks_by_actor.get(i, 0) <= n]
+        if pending:
+            return
+        free = ray.available_resources()
+        if free.get("CPU", 0.0) >= a.num_cpus and all(
+                free.get(k, 0.0) >= v for k, v in a.resources.items()):
+            index = max(self.actors) + 1
+            self.reporter.print(f"a node with free CPUs joined: starting actor {index}")
+            self._start_actor(index)
 
     def _check_actors(self) -> None:
         """Recreate any actor whose loop ended with an error (process killed, env raised)."""
@@ -128,8 +183,9 @@ class Fleet:
             try:
                 ray.get(ref)
                 continue  # a clean return: the learner told it to stop
-            except Exception as err:
-                reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+            except Exception as err:  # any actor failure is restarted
+                cause = getattr(err, "cause", None)
+                reason = type(cause or err).__name__
             if self._stop_requested:
                 continue
             self.state.actor_restarts += 1
@@ -146,6 +202,10 @@ class Fleet:
         c, s = self.config, self.state
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(c, self.run_dir / "config.yaml")
+        self._auto = c.actors.num_actors == "auto"
+        self.config = c = resolve_fleet(c)
+        self._cfg = c.to_dict()
+        check_placeable(c)
         self._start()
         self.reporter.print(
             f"qfleet: {c.env.id} | learner on {self.learner_device} | "
@@ -173,6 +233,9 @@ class Fleet:
                     self.reporter.status(now - self.command_start, stats, rates, s.eval_mean)
                     last = (now, s.env_steps, s.updates)
                 self._check_actors()
+                if now - self._last_grow >= 2.0:
+                    self._grow()
+                    self._last_grow = now
                 if eval_ref is not None and ray.wait([eval_ref], timeout=0)[0]:
                     self._record_eval(ray.get(eval_ref)[0])
                     eval_ref = None
@@ -200,6 +263,8 @@ class Fleet:
         s = self.state
         s.env_steps, s.updates = stats["env_steps"], stats["updates"]
         s.nodes.update(stats["actor_nodes"])
+        self._chunks_by_actor = stats["chunks_by_actor"]
+        self.learner_node = stats["learner_node"]
         episodes = [Episode(*e) for e in stats["episode_list"]]
         self.reporter.episodes(episodes, s.episodes + 1, s.env_steps)
         s.episodes += len(episodes)
@@ -263,6 +328,9 @@ class Fleet:
             "stopped_by": s.stopped_by,
             "actor_restarts": s.actor_restarts,
             "actor_nodes": len(s.nodes),
+            "actor_node_ids": sorted(s.nodes),
+            "learner_node_id": getattr(self, "learner_node", None),
+            "num_actors": len(self.actors),
             "learner_device": self.learner_device,
             "checkpoint": str(path),
         }

@@ -47,11 +47,13 @@ class LearnerWorker:
         self._waiting = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._nodes: set[str] = set()  # Ray nodes that hosted actors, from their chunks
+        self._chunks_by_actor: dict[int, int] = {}
         self._episodes: list[Episode] = []
         self._stopping = False
         self._error: BaseException | None = None
         self._weights: tuple[int, ray.ObjectRef] = (0, ray.put(None))
         self._publish()
+        self._node = ray.get_runtime_context().get_node_id()
         self._thread = threading.Thread(target=self._train_loop, name="learner", daemon=True)
         self._thread.start()
 
@@ -89,6 +91,8 @@ class LearnerWorker:
         with self._lock:
             self._episodes.extend(self.learner.add(chunk))
             self._nodes.add(chunk.node)
+            self._chunks_by_actor[chunk.actor_index] = \
+                self._chunks_by_actor.get(chunk.actor_index, 0) + 1
             self._queued -= len(chunk.transitions)
         self._wake_senders()
 
@@ -137,6 +141,8 @@ class LearnerWorker:
         stats["weights"] = [self._weights[1]]
         stats["inbox"] = self._inbox.qsize()
         stats["actor_nodes"] = sorted(self._nodes)
+        stats["chunks_by_actor"] = dict(self._chunks_by_actor)
+        stats["learner_node"] = self._node
         return stats
 
     async def state(self) -> dict[str, Any]:

@@ -78,7 +78,7 @@ class Learner:
         self.replay = make_replay(
             rc.kind, rc.capacity, spec.obs_shape, spec.obs_dtype, self.device,
             frame_refs=uses_frame_refs(config, spec),
-            num_streams=a.num_actors * a.envs_per_actor,
+            num_streams=a.stream_slots,
             window=frame_window(a.chunk_steps, lc.n_step, spec.obs_shape[0]),
             alpha=rc.alpha, beta0=rc.beta0, beta_steps=rc.beta_steps)
         self.updates = 0

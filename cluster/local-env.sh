@@ -1,0 +1,25 @@
+# Shared settings of the local multi-node scripts (sourced, not run).
+# Every node and every client must use the same auth mode and token: token auth stays on.
+DIR="${QFLEET_CLUSTER_DIR:-/tmp/qfleet-cluster}"
+PORT_BASE="${QFLEET_PORT_BASE:-20000}"
+GCS_PORT="${QFLEET_GCS_PORT:-6390}"
+DASH_PORT="${QFLEET_DASHBOARD_PORT:-8275}"
+TOKEN_FILE="$DIR/auth_token"
+export RAY_AUTH_MODE=token
+export RAY_AUTH_TOKEN_PATH="$TOKEN_FILE"
+
+# Ports of node i: PORT_BASE + 100*i + 0..5, and worker ports PORT_BASE + 10000 + 1000*i.
+node_ports() {
+  local base=$((PORT_BASE + 100 * $1)) workers=$((PORT_BASE + 10000 + 1000 * $1))
+  echo "--node-manager-port=$base --object-manager-port=$((base + 1))" \
+       "--runtime-env-agent-port=$((base + 2)) --dashboard-agent-grpc-port=$((base + 3))" \
+       "--dashboard-agent-listen-port=$((base + 4)) --metrics-export-port=$((base + 5))" \
+       "--min-worker-port=$workers --max-worker-port=$((workers + 999))"
+}
+
+start_worker() {  # start_worker INDEX CPUS
+  # shellcheck disable=SC2046
+  ray start --address="127.0.0.1:$GCS_PORT" --num-cpus="$2" --node-ip-address=127.0.0.1 \
+    --resources='{"qfleet_worker_node": 1}' --disable-usage-stats \
+    $(node_ports "$1") >"$DIR/worker-$1.log" 2>&1
+}
