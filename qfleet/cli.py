@@ -187,6 +187,8 @@ def bench(
     actors: Annotated[int, typer.Option(min=1, help="pipeline: number of actors.")] = 2,
     env_id: Annotated[str, typer.Option("--env", help="pipeline: env id.")] = "CartPole-v1",
     address: Annotated[str | None, typer.Option(help="pipeline: Ray address.")] = None,
+    actor_resources: Annotated[str | None, typer.Option(
+        help='pipeline: JSON resources per actor, e.g. \'{"qfleet_worker_node": 1}\'.')] = None,
     as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line.")] = False,
 ) -> None:
     """Measure a part of the pipeline against its limit (a benchmark, not a test)."""
@@ -198,7 +200,9 @@ def bench(
         raise _fail(f"--device: expected auto, cpu or cuda, got {device!r}")
     kwargs: dict = {"learner": {"batch_size": batch_size, "device": device},
                     "replay": {"device": "cuda" if device == "cuda" else "cpu"},
-                    "pipeline": {"actors": actors, "env_id": env_id, "address": address},
+                    "pipeline": {"actors": actors, "env_id": env_id, "address": address,
+                                 "actor_resources": json.loads(actor_resources)
+                                 if actor_resources else None},
                     }.get(which, {})
     from qfleet.learner.learner import LearnerError
 

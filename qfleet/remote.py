@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import queue
 import threading
 import time
@@ -48,6 +49,7 @@ class LearnerWorker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._nodes: set[str] = set()  # Ray nodes that hosted actors, from their chunks
         self._chunks_by_actor: dict[int, int] = {}
+        self._pids: dict[int, int] = {}
         self._episodes: list[Episode] = []
         self._stopping = False
         self._error: BaseException | None = None
@@ -91,6 +93,7 @@ class LearnerWorker:
         with self._lock:
             self._episodes.extend(self.learner.add(chunk))
             self._nodes.add(chunk.node)
+            self._pids[chunk.actor_index] = chunk.pid
             self._chunks_by_actor[chunk.actor_index] = \
                 self._chunks_by_actor.get(chunk.actor_index, 0) + 1
             self._queued -= len(chunk.transitions)
@@ -143,6 +146,7 @@ class LearnerWorker:
         stats["actor_nodes"] = sorted(self._nodes)
         stats["chunks_by_actor"] = dict(self._chunks_by_actor)
         stats["learner_node"] = self._node
+        stats["pids"] = {"learner": os.getpid(), **{str(k): v for k, v in self._pids.items()}}
         return stats
 
     async def state(self) -> dict[str, Any]:
@@ -169,6 +173,7 @@ class ActorWorker:
         self.actor = Actor(self.config, spec, index, seed)
         self.learner = learner
         self.node = ray.get_runtime_context().get_node_id()
+        self.pid = os.getpid()
 
     def run(self) -> int:
         """Act until the learner says stop; returns the env steps this actor took."""
@@ -178,7 +183,7 @@ class ActorWorker:
         steps = 0
         while True:
             chunk = self.actor.collect(a.chunk_steps)
-            chunk.node = self.node
+            chunk.node, chunk.pid = self.node, self.pid
             steps += chunk.env_steps
             inflight.append(self.learner.add.remote(chunk))
             # Block only when the in-flight bound is reached; otherwise just harvest replies.

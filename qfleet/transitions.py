@@ -69,6 +69,8 @@ class Chunk:
     """Set when transitions reference frames instead of carrying observations."""
     node: str = ""
     """Ray node of the sending actor (the run's `actor_nodes` comes from these)."""
+    pid: int = 0
+    """Process of the sending actor (for `qfleet bench pipeline`'s CPU accounting)."""
 
 
 def uses_frame_refs(config: Any, spec: Any) -> bool:
