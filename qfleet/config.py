@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -75,11 +82,12 @@ class ActorsConfig(_Section):
     """Chunks an actor may have unacknowledged by the learner: the backpressure bound."""
     num_cpus: float = Field(1.0, gt=0.0)
 
-    @model_validator(mode="after")
-    def _check_count(self) -> ActorsConfig:
-        if isinstance(self.num_actors, int) and not 1 <= self.num_actors <= 4096:
-            raise ValueError("num_actors: expected 1..4096 or auto")
-        return self
+    @field_validator("num_actors")
+    @classmethod
+    def _check_count(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= 4096:
+            raise ValueError("expected 1..4096 or auto")
+        return value
 
     @property
     def stream_slots(self) -> int:
@@ -185,9 +193,32 @@ class Config(_Section):
         return self.model_dump(mode="json")
 
 
+_UNION_MEMBER = {"int": "an integer", "float": "a number", "str": "a string",
+                 "bool": "true/false", "dict[str,float]": "a mapping"}
+
+
+def _member(tag: object) -> str | None:
+    """Pydantic tags each member of a union in the error location; name them for people."""
+    tag = str(tag)
+    if tag in _UNION_MEMBER:
+        return _UNION_MEMBER[tag]
+    if tag.startswith("literal["):
+        return tag[len("literal["):-1]
+    return None
+
+
 def _format_error(err: ValidationError) -> str:
-    first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"])
+    errors = err.errors()
+    first = errors[0]
+    loc = list(first["loc"])
+    if loc and _member(loc[-1]) is not None:
+        # A value matching no member of a union (`4` or `auto`): one line for the field.
+        same = [e for e in errors if list(e["loc"][:-1]) == loc[:-1]]
+        options = " or ".join(dict.fromkeys(m for e in same if (m := _member(e["loc"][-1]))))
+        text = f"{'.'.join(map(str, loc[:-1]))}: expected {options} (got {first['input']!r})"
+        extra = len(errors) - len(same)
+        return text + (f" (and {extra} more)" if extra else "")
+    where = ".".join(str(p) for p in loc)
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
@@ -197,7 +228,7 @@ def _format_error(err: ValidationError) -> str:
         given = first["input"]
         if not isinstance(given, dict):
             text += f" (got {given!r})"
-    extra = len(err.errors()) - 1
+    extra = len(errors) - 1
     return text + (f" (and {extra} more)" if extra else "")
 
 

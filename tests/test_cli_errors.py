@@ -9,7 +9,7 @@ from tests.conftest import CONFIGS, assert_one_line_error, qfleet
 @pytest.mark.parametrize(("extra", "fragment"), [
     (["learner.lr=-1"], "learner.lr: Input should be greater than 0"),
     (["learner.lrr=0.1"], "learner.lrr: unknown key"),
-    (["actors.num_actors=many"], "actors.num_actors: Input should be a valid integer"),
+    (["actors.num_actors=many"], "actors.num_actors: expected an integer or 'auto'"),
     (["env.id=NoSuchEnv-v0"], "env.id: unknown Gymnasium environment 'NoSuchEnv-v0'"),
     (["env.id=ALE/NoSuchGame-v5"], "env.id: unknown Atari environment"),
     (["replay.capacity=1000000000", "replay.min_size=10"], "replay.capacity: 1000000000"),

@@ -40,7 +40,7 @@ def test_overrides_are_typed_and_dotted(tmp_path):
     ("bogus: {a: 1}", [], "bogus: unknown key"),
     ("learner: {lr: fast}", [], "learner.lr: Input should be a valid number"),
     ("learner: {lr: -1}", [], "learner.lr: Input should be greater than 0"),
-    ("actors: {num_actors: 0}", [], "actors.num_actors: Input should be greater than or equal"),
+    ("actors: {num_actors: 0}", [], "actors.num_actors: expected 1..4096 or auto"),
     ("replay: {capacity: 10, min_size: 100}", [], "replay.min_size (100) exceeds"),
     ("stop: {}", [], "stop: set at least one of"),
     ("env: {id: CartPole-v1}", ["learner.batch_size=abc"], "learner.batch_size: Input should"),
