@@ -124,6 +124,8 @@ class LearnerConfig(_Section):
     """Chunks the learner queues before `add` blocks the sending actors (backpressure)."""
     resources: dict[str, float] = {}
     """Extra Ray resources the learner needs, e.g. `{"node:__internal_head__": 0.01}`."""
+    max_nonfinite: int = Field(100, ge=1)
+    """Consecutive NaN/inf losses (each update skipped) after which the run stops."""
 
 
 class ReplayConfig(_Section):

@@ -59,7 +59,8 @@ def connect_ray(address: str | None, cpus_needed: float) -> None:
         return
     # A local Ray schedules by logical CPUs; actors mostly wait on envs and the learner, so
     # the fleet may ask for more logical CPUs than the machine has cores.
-    ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(cpus_needed)),
+    # address="local": a new embedded Ray even when a `ray start` cluster runs here too.
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(cpus_needed)),
              include_dashboard=False, logging_level="WARNING", log_to_driver=True)
 
 
@@ -117,6 +118,7 @@ class Fleet:
         self._chunks_by_actor: dict[int, int] = {}
         self._chunks_at_start: dict[int, int] = {}
         self._last_grow = 0.0
+        self._nonfinite_seen = 0
 
     # -- lifecycle -----------------------------------------------------------------------
     def _start(self) -> None:
@@ -263,6 +265,15 @@ class Fleet:
         s = self.state
         s.env_steps, s.updates = stats["env_steps"], stats["updates"]
         s.nodes.update(stats["actor_nodes"])
+        if stats["nonfinite_skipped"] > self._nonfinite_seen:
+            self.reporter.print(
+                f"warning: {stats['nonfinite_skipped'] - self._nonfinite_seen} update(s) "
+                f"skipped for a NaN/inf loss ({stats['nonfinite_skipped']} in all)")
+            self._nonfinite_seen = stats["nonfinite_skipped"]
+        if stats["nonfinite_streak"] >= self.config.learner.max_nonfinite:
+            self.reporter.print(f"error: {stats['nonfinite_streak']} NaN/inf losses in a row; "
+                                "stopping with a checkpoint of the last good weights")
+            s.stopped_by = "nonfinite_loss"
         self._chunks_by_actor = stats["chunks_by_actor"]
         self.learner_node = stats["learner_node"]
         episodes = [Episode(*e) for e in stats["episode_list"]]
@@ -283,7 +294,7 @@ class Fleet:
 
     def _should_stop(self, elapsed: float) -> bool:
         s, stop = self.state, self.config.stop
-        if s.stopped_by == "target_return":
+        if s.stopped_by in ("target_return", "nonfinite_loss"):
             return True
         if stop.env_steps is not None and s.env_steps >= stop.env_steps:
             s.stopped_by = "env_steps"
@@ -306,7 +317,7 @@ class Fleet:
         s.updates = int(final["counters"]["updates"])
         s.env_steps = int(final["counters"]["env_steps"])
         self.reporter.print(f"checkpoint written: {path}")
-        if s.stopped_by != "interrupted" and s.stopped_by != "target_return":
+        if s.stopped_by not in ("interrupted", "target_return", "nonfinite_loss"):
             # The summary reports a greedy evaluation of the final weights.
             if eval_ref is not None:
                 ray.cancel(eval_ref, force=True)

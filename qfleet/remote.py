@@ -40,6 +40,11 @@ class LearnerWorker:
         self.learner = Learner(self.config, spec, device)
         if resume is not None:
             self.learner.load_state_dict(resume)
+        nan_after = os.environ.get("QFLEET_TEST_NAN_AFTER_UPDATES")
+        if nan_after is not None:  # fault injection for the tests: every loss NaN after N
+            limit = int(nan_after)
+            self.learner.fault_hook = lambda loss: (
+                loss * float("nan") if self.learner.updates >= limit else loss)
         self._lock = threading.Lock()
         self._inbox: queue.Queue[Chunk] = queue.Queue()
         self._queued = 0  # transitions accepted but not yet in the replay

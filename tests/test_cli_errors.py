@@ -42,3 +42,18 @@ def test_evaluate_refuses_missing_truncated_and_foreign_checkpoints(tmp_path):
 
 def test_resume_of_a_directory_that_is_not_a_run(tmp_path):
     assert_one_line_error(qfleet("train", "--resume", tmp_path), "not a qfleet run directory")
+
+
+@pytest.mark.parametrize(("extra", "fragment"), [
+    (["actors.num_cpus=64"], "actors: no node of the cluster has 64 CPU(s)"),
+    (['actors.resources={"tpu_pod": 1}'], "resources {'tpu_pod': 1.0}"),
+    (["learner.device=cuda"], "learner.device: cuda"),
+])
+def test_resources_the_cluster_can_never_provide_fail_fast(extra, fragment, tmp_path):
+    import time
+
+    start = time.monotonic()
+    result = qfleet("train", CONFIGS / "cartpole.yaml", *extra, "--run-dir", tmp_path / "r",
+                    timeout=120)
+    assert_one_line_error(result, fragment)
+    assert time.monotonic() - start < 60

@@ -96,3 +96,42 @@ def test_interrupt_checkpoints_and_resume_continues_counters(run_dir):
     # TensorBoard curves continue where they were: one run, steps past the first run's end.
     steps = scalar_steps(run_dir, "charts/episodic_return")
     assert min(steps) < first["env_steps"] < max(steps)
+
+
+def test_repeated_nonfinite_losses_stop_the_run_with_a_good_checkpoint(run_dir):
+    import torch
+
+    env = {**os.environ, "QFLEET_TEST_NAN_AFTER_UPDATES": "50"}
+    cmd = [sys.executable, "-m", "qfleet.cli", "train", str(CONFIGS / "cartpole.yaml"),
+           "stop.time_s=120", "learner.max_nonfinite=20", "--run-dir", str(run_dir)]
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "skipped for a NaN/inf loss" in result.stdout
+    s = summary(run_dir)
+    assert s["stopped_by"] == "nonfinite_loss" and s["updates"] == 50
+    state = torch.load(s["checkpoint"], weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state["network"].values())
+
+
+def test_an_actor_killed_with_sigkill_is_restarted_and_the_run_still_solves(run_dir):
+    cmd = [sys.executable, "-m", "qfleet.cli", "train", str(CONFIGS / "cartpole.yaml"),
+           "stop.time_s=400", "--run-dir", str(run_dir)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("qfleet:"):
+            break
+    time.sleep(4)
+    pids = subprocess.run(["pgrep", "-f", "ray::ActorWorker"], capture_output=True,
+                          text=True).stdout.split()
+    assert pids, "no actor process found"
+    os.kill(int(pids[0]), signal.SIGKILL)
+    rest = proc.stdout.read()
+    proc.wait(timeout=400)
+    assert proc.returncode == 0, rest[-3000:]
+    assert "died" in rest and "restarting it" in rest
+    s = summary(run_dir)
+    assert s["actor_restarts"] >= 1
+    assert s["stopped_by"] == "target_return" and s["eval_return_mean"] >= 475

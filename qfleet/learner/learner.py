@@ -87,6 +87,7 @@ class Learner:
         self.episodes = 0
         self.version = 0
         self.nonfinite_skipped = 0
+        self.nonfinite_streak = 0
         self._largest_chunk = 0
         self._prefetch = self.device.type == "cuda" and config.replay.kind != "none"
         self._prefetched: tuple | None = None
@@ -158,7 +159,9 @@ class Learner:
             loss = self.fault_hook(loss)
         if not torch.isfinite(loss):
             self.nonfinite_skipped += 1
+            self.nonfinite_streak += 1
             return
+        self.nonfinite_streak = 0
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if lc.grad_clip is not None:
@@ -196,6 +199,7 @@ class Learner:
             "updates": self.updates, "env_steps": self.env_steps, "episodes": self.episodes,
             "transitions": self.transitions, "replay_size": len(self.replay),
             "version": self.version, "nonfinite_skipped": self.nonfinite_skipped,
+            "nonfinite_streak": self.nonfinite_streak,
         }
         if n:
             stats["loss"] = float(self._loss_sum) / n
