@@ -38,6 +38,14 @@ def _default_run_dir(config: Config) -> Path:
     return Path("runs") / f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
+def _local_token_auth(address: str | None) -> None:
+    """A local Ray with token auth said explicitly (Ray 2.60 turns it on for local clusters
+    anyway, then warns that it did). Must run before `ray` is imported: Ray reads the mode
+    once, and the driver and the cluster it starts must agree."""
+    if not (address or os.environ.get("RAY_ADDRESS")):
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
 def _split_args(args: list[str]) -> tuple[str | None, list[str]]:
     """`CONFIG k=v ...`: the config file is the one argument without `=`."""
     paths = [a for a in args if "=" not in a]
@@ -75,7 +83,11 @@ def _prepare_train(args: list[str], run_dir: Path | None, resume: Path | None,
     if resume_state is not None:
         _check_compatible(resume_state, config, spec)
     if not (address or os.environ.get("RAY_ADDRESS")):
-        # Local learner: its device's free memory is knowable now.
+        # A local run: the machine's cores and the learner's memory are knowable now.
+        cores = os.cpu_count() or 1
+        if config.actors.num_cpus > cores:
+            raise ConfigError(f"actors.num_cpus: {config.actors.num_cpus:g} CPUs per actor, "
+                              f"but this machine has {cores}")
         check_replay_fits(config, spec, pick_device(config.learner.device))
     return config, spec, run_dir or _default_run_dir(config), resume_state
 
@@ -112,6 +124,7 @@ def train(
     except (ConfigError, CheckpointError, LearnerError) as err:
         raise _fail(str(err)) from None
 
+    _local_token_auth(address)  # before Ray is imported
     import ray
 
     from qfleet.fleet import Fleet, FleetError, connect_ray
@@ -192,6 +205,8 @@ def bench(
     as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line.")] = False,
 ) -> None:
     """Measure a part of the pipeline against its limit (a benchmark, not a test)."""
+    if which == "pipeline":
+        _local_token_auth(address)
     from qfleet.bench import BENCHES, describe
 
     if which not in BENCHES:
