@@ -8,6 +8,7 @@ learner's replay through a real local Ray.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import statistics
@@ -293,9 +294,84 @@ def bench_pipeline(seconds: float, actors: int = 2, env_id: str = "CartPole-v1",
             "cpus": os.cpu_count()}
 
 
+_ROLES = {"ray::LearnerWorker": "learner", "ray::ActorWorker": "actor",
+          "ray::EvaluatorWorker": "evaluator", "raylet": "raylet", "gcs_server": "gcs"}
+
+
+def _role(proc: Any) -> str | None:
+    try:
+        cmd = " ".join(proc.cmdline())
+    except Exception:  # the process ended meanwhile
+        return None
+    for marker, role in _ROLES.items():
+        if marker in cmd:
+            return role
+    return None
+
+
+def _slope_per_min(points: list[tuple[float, float]]) -> float | None:
+    if len(points) < 3:
+        return None
+    t = np.array([p[0] for p in points]) / 60.0
+    y = np.array([p[1] for p in points])
+    return float(np.polyfit(t, y, 1)[0])
+
+
+def bench_soak(seconds: float, config_path: str = "configs/spaceinvaders-cpu.yaml",
+               capacity: int = 30_000) -> dict[str, Any]:
+    """Run a real training for `seconds` and sample the RSS of every process (driver,
+    learner, actors, evaluator, raylet, GCS) and the object store's shared memory; report
+    each one's slope in MiB/min after the replay is full (the part that must be flat)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    import psutil
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = tempfile.mkdtemp(prefix="qfleet-soak-")
+    cmd = [sys.executable, "-m", "qfleet.cli", "train", config_path, f"stop.time_s={seconds}",
+           f"replay.capacity={capacity}", f"replay.min_size={min(5000, capacity)}",
+           "eval.every_s=120", "eval.episodes=2", "--run-dir", run_dir]
+    driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    samples: dict[str, list[tuple[float, float]]] = {}
+    start = time.monotonic()
+    while driver.poll() is None:
+        now = time.time()
+        by_role: dict[str, float] = {}
+        try:
+            by_role["driver"] = psutil.Process(driver.pid).memory_info().rss
+        except psutil.Error:
+            break
+        for proc in psutil.process_iter():
+            role = _role(proc)
+            if role is not None:
+                key = f"{role}:{proc.pid}" if role == "actor" else role
+                with contextlib.suppress(psutil.Error):
+                    by_role[key] = by_role.get(key, 0) + proc.memory_info().rss
+        by_role["object_store_shm"] = psutil.disk_usage("/dev/shm").used
+        for key, rss in by_role.items():
+            samples.setdefault(key, []).append((now, rss / 2**20))
+        time.sleep(5.0)
+    driver.wait()
+    acc = EventAccumulator(run_dir, size_guidance={"scalars": 0})
+    acc.Reload()
+    sizes = acc.Scalars("replay/size") if "replay/size" in acc.Tags()["scalars"] else []
+    full_at = next((e.wall_time for e in sizes if e.value >= capacity), None)
+    slopes = {k: _slope_per_min([p for p in v if full_at is not None and p[0] >= full_at])
+              for k, v in samples.items()}
+    return {"bench": "soak", "config": config_path, "seconds": time.monotonic() - start,
+            "replay_capacity": capacity, "replay_full_after_s":
+                None if full_at is None or not sizes else full_at - sizes[0].wall_time,
+            "rss_mib_last": {k: round(v[-1][1], 1) for k, v in samples.items()},
+            "rss_slope_mib_per_min_after_full": {k: None if v is None else round(v, 3)
+                                                 for k, v in slopes.items()},
+            "run_dir": run_dir, "exit_code": driver.returncode}
+
+
 BENCHES: dict[str, Callable[..., dict[str, Any]]] = {
     "envs": bench_envs, "actors": bench_actors, "learner": bench_learner,
-    "replay": bench_replay, "pipeline": bench_pipeline,
+    "replay": bench_replay, "pipeline": bench_pipeline, "soak": bench_soak,
 }
 
 
@@ -325,6 +401,14 @@ def describe(result: dict[str, Any]) -> list[str]:
                 f"{result['dense_bytes_per_transition']:,})",
                 f"insert {result['insert_transitions_per_s']:,.0f} transitions/s, "
                 f"sample+update {result['sample_transitions_per_s']:,.0f} transitions/s"]
+    if name == "soak":
+        lines = [f"soak: {result['seconds']:.0f} s of {result['config']}, replay of "
+                 f"{result['replay_capacity']:,} full after {result['replay_full_after_s']} s"]
+        for key, slope in result["rss_slope_mib_per_min_after_full"].items():
+            last = result["rss_mib_last"][key]
+            shown = "n/a" if slope is None else f"{slope:+.2f} MiB/min"
+            lines.append(f"  {key:<24} RSS {last:>9,.1f} MiB   slope after full: {shown}")
+        return lines
     return [f"{result['actors']} actors on {result['actor_nodes']} node(s) -> learner replay: "
             f"{result['transitions_per_s']:,.0f} transitions/s "
             f"({result['env_steps_per_s']:,.0f} env steps/s)",

@@ -20,6 +20,7 @@ import typer
 
 from qfleet.checkpoint import CheckpointError, find_checkpoint, load_checkpoint
 from qfleet.config import Config, ConfigError, config_from_dict, load_config
+from qfleet.storage import RunStorage
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Distributed DQN training on Ray.")
@@ -54,7 +55,7 @@ def _split_args(args: list[str]) -> tuple[str | None, list[str]]:
     return (paths[0] if paths else None), [a for a in args if "=" in a]
 
 
-def _prepare_train(args: list[str], run_dir: Path | None, resume: Path | None,
+def _prepare_train(args: list[str], run_dir: str | None, resume: str | None,
                    address: str | None):
     """Everything that can be refused before Ray starts: config, env, checkpoint, memory."""
     from qfleet.envs import env_spec
@@ -62,13 +63,17 @@ def _prepare_train(args: list[str], run_dir: Path | None, resume: Path | None,
 
     path, overrides = _split_args(args)
     resume_state = None
+    storage = RunStorage(run_dir) if run_dir is not None else None
     if resume is not None:
-        if not (resume / "config.yaml").is_file():
-            raise CheckpointError(f"--resume {str(resume)!r} is not a qfleet run directory "
+        source = RunStorage(resume)
+        source.fetch()
+        local = source.local
+        if not (local / "config.yaml").is_file():
+            raise CheckpointError(f"--resume {resume!r} is not a qfleet run directory "
                                   "(no config.yaml)")
-        resume_state = load_checkpoint(resume)
-        config = load_config(path or resume / "config.yaml", overrides)
-        run_dir = run_dir or resume
+        resume_state = load_checkpoint(local)
+        config = load_config(path or local / "config.yaml", overrides)
+        storage = storage or source
     else:
         if path is None:
             raise ConfigError("missing CONFIG: give a YAML config file (see configs/)")
@@ -89,7 +94,7 @@ def _prepare_train(args: list[str], run_dir: Path | None, resume: Path | None,
             raise ConfigError(f"actors.num_cpus: {config.actors.num_cpus:g} CPUs per actor, "
                               f"but this machine has {cores}")
         check_replay_fits(config, spec, pick_device(config.learner.device))
-    return config, spec, run_dir or _default_run_dir(config), resume_state
+    return config, spec, storage or RunStorage(_default_run_dir(config)), resume_state
 
 
 def _check_compatible(state: dict, config: Config, spec) -> None:
@@ -108,10 +113,12 @@ def _check_compatible(state: dict, config: Config, spec) -> None:
 def train(
     args: Annotated[list[str] | None, typer.Argument(
         help="CONFIG.yaml followed by overrides such as learner.lr=3e-4")] = None,
-    run_dir: Annotated[Path | None, typer.Option(help="Where logs and checkpoints go.")] = None,
+    run_dir: Annotated[str | None, typer.Option(
+        help="Where logs and checkpoints go: a directory or a storage URI (s3://, gs://, "
+             "file://).")] = None,
     address: Annotated[str | None, typer.Option(
         help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")] = None,
-    resume: Annotated[Path | None, typer.Option(
+    resume: Annotated[str | None, typer.Option(
         help="Continue a run from its newest checkpoint.")] = None,
 ) -> None:
     """Train a DQN fleet: actors on CPUs, one learner, live console and TensorBoard."""
@@ -119,7 +126,7 @@ def train(
     from qfleet.learner.learner import LearnerError
 
     try:
-        config, spec, run_dir_, resume_state = _prepare_train(args or [], run_dir, resume,
+        config, spec, storage, resume_state = _prepare_train(args or [], run_dir, resume,
                                                               address)
     except (ConfigError, CheckpointError, LearnerError) as err:
         raise _fail(str(err)) from None
@@ -133,7 +140,8 @@ def train(
     needed = (count if isinstance(count, int) else 1) * config.actors.num_cpus + 1
     try:
         connect_ray(address, needed)
-        fleet = Fleet(config, spec, run_dir_, command_start=start, resume=resume_state)
+        fleet = Fleet(config, spec, storage.local, command_start=start, resume=resume_state,
+                      storage=storage)
         summary = fleet.run()
     except LearnerError as err:
         raise _fail(str(err)) from None
@@ -152,7 +160,8 @@ def train(
 
 @app.command()
 def evaluate(
-    path: Annotated[Path, typer.Argument(help="A checkpoint file or a run directory.")],
+    path: Annotated[str, typer.Argument(
+        help="A checkpoint file, a run directory, or a run's storage URI.")],
     episodes: Annotated[int, typer.Option(min=1, help="Episodes to run.")] = 10,
     epsilon: Annotated[float, typer.Option(min=0.0, max=1.0,
                                            help="Random-action probability.")] = 0.001,
@@ -163,7 +172,9 @@ def evaluate(
     from qfleet.evaluate import Evaluator
 
     try:
-        file = find_checkpoint(path)
+        source = RunStorage(path)
+        source.fetch()
+        file = find_checkpoint(source.local)
         state = load_checkpoint(file)
         config = config_from_dict(state["config"])
         spec = env_spec(config.env)
@@ -193,7 +204,8 @@ def evaluate(
 
 @app.command()
 def bench(
-    which: Annotated[str, typer.Argument(help="envs | actors | learner | replay | pipeline")],
+    which: Annotated[str, typer.Argument(
+        help="envs | actors | learner | replay | pipeline | soak")],
     seconds: Annotated[float, typer.Option(min=0.5, help="Measuring time.")] = 9.0,
     batch_size: Annotated[int, typer.Option(min=1, help="learner: batch size.")] = 32,
     device: Annotated[str, typer.Option(help="learner/replay: auto, cpu or cuda.")] = "auto",
@@ -205,7 +217,7 @@ def bench(
     as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line.")] = False,
 ) -> None:
     """Measure a part of the pipeline against its limit (a benchmark, not a test)."""
-    if which == "pipeline":
+    if which in ("pipeline", "soak"):
         _local_token_auth(address)
     from qfleet.bench import BENCHES, describe
 

@@ -27,6 +27,7 @@ from qfleet.envs import EnvSpec
 from qfleet.learner.learner import LearnerError
 from qfleet.remote import RemoteActor, RemoteEvaluator, RemoteLearner
 from qfleet.reporting import Reporter
+from qfleet.storage import RunStorage
 from qfleet.transitions import Episode
 
 TICK_S = 0.25
@@ -103,7 +104,8 @@ def _learner_start_error(err: Exception) -> Exception:
 class Fleet:
     def __init__(self, config: Config, spec: EnvSpec, run_dir: Path, *,
                  command_start: float, resume: dict[str, Any] | None = None,
-                 reporter: Reporter | None = None) -> None:
+                 reporter: Reporter | None = None, storage: RunStorage | None = None) -> None:
+        self.storage = storage
         self.config, self.spec, self.run_dir = config, spec, run_dir
         self.command_start = command_start
         self.resume = resume
@@ -119,6 +121,7 @@ class Fleet:
         self._chunks_at_start: dict[int, int] = {}
         self._last_grow = 0.0
         self._nonfinite_seen = 0
+        self._last_sync = time.monotonic()
 
     # -- lifecycle -----------------------------------------------------------------------
     def _start(self) -> None:
@@ -249,6 +252,9 @@ class Fleet:
                 if s.updates >= next_ckpt:
                     self._checkpoint(ray.get(self.learner.state.remote()))
                     next_ckpt = s.updates + c.log.checkpoint_every_updates
+                    self._sync()
+                if now - self._last_sync >= 60.0:
+                    self._sync()
                 if self._should_stop(now - train_start):
                     break
             if self._stop_requested and not s.stopped_by:
@@ -291,6 +297,16 @@ class Fleet:
         if target is not None and s.eval_mean >= target and s.time_to_target is None:
             s.time_to_target = elapsed
             s.stopped_by = "target_return"
+
+    def _sync(self) -> None:
+        """Mirror the run directory to its storage URI, if it has one."""
+        self._last_sync = time.monotonic()
+        if self.storage is not None and self.storage.uri is not None:
+            self.reporter.writer.flush()
+            try:
+                self.storage.sync()
+            except OSError as err:  # keep training; the next sync retries
+                self.reporter.print(f"warning: upload to {self.storage.uri} failed: {err}")
 
     def _should_stop(self, elapsed: float) -> bool:
         s, stop = self.state, self.config.stop
@@ -344,6 +360,7 @@ class Fleet:
             "num_actors": len(self.actors),
             "learner_device": self.learner_device,
             "checkpoint": str(path),
+            "run_uri": self.storage.uri if self.storage is not None else None,
         }
         tmp = self.run_dir / "summary.json.tmp"
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
@@ -353,4 +370,5 @@ class Fleet:
                               "updates_per_s": s.updates / max(wall, 1e-9)},
                              s.eval_mean, force=True)
         self.reporter.close()
+        self._sync()
         return summary

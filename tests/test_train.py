@@ -135,3 +135,25 @@ def test_an_actor_killed_with_sigkill_is_restarted_and_the_run_still_solves(run_
     s = summary(run_dir)
     assert s["actor_restarts"] >= 1
     assert s["stopped_by"] == "target_return" and s["eval_return_mean"] >= 475
+
+
+def test_run_dir_on_a_storage_uri_is_mirrored_and_evaluable(tmp_path):
+    remote = tmp_path / "bucket" / "runs" / "cp"
+    uri = f"file://{remote}"
+    result = qfleet("train", CONFIGS / "cartpole.yaml", "stop.env_steps=3000",
+                    "--run-dir", uri)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    s = summary(remote)
+    assert s["run_uri"] == uri and s["env_steps"] >= 3000
+    assert list(remote.glob("events.out.tfevents.*"))
+    assert (remote / "config.yaml").is_file()
+    assert list((remote / "checkpoints").glob("ckpt-*.pt"))
+    evaluated = qfleet("evaluate", uri, "--episodes", "2", "--json", timeout=300)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert len(json.loads(evaluated.stdout.strip().splitlines()[-1])["episodes"]) == 2
+
+
+def test_an_unusable_storage_uri_is_refused(tmp_path):
+    result = qfleet("train", CONFIGS / "cartpole.yaml", "--run-dir", "nosuchfs://x/y")
+    assert result.returncode == 2
+    assert "cannot open storage URI" in result.stderr and "Traceback" not in result.stderr

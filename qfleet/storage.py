@@ -1,0 +1,106 @@
+"""Where a run lives: a local directory, or a storage URI mirrored from a local staging dir.
+
+The driver always writes to a local directory (TensorBoard, checkpoints and summary need a
+real filesystem and atomic renames). With `--run-dir s3://bucket/runs/x` (or `gs://`,
+`file://`, anything pyarrow.fs opens) that directory is a staging copy under
+`~/.cache/qfleet/staging/`, and every file that changed is uploaded after each checkpoint,
+every minute, and at the end — so a run survives the loss of the machine that drove it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from pathlib import Path
+
+from qfleet.config import ConfigError
+
+
+def is_uri(target: str | os.PathLike[str]) -> bool:
+    return "://" in str(target)
+
+
+def _filesystem(uri: str):
+    try:
+        import pyarrow.fs as pafs
+    except ImportError:  # pragma: no cover - pyarrow is a dependency
+        raise ConfigError("--run-dir: storage URIs need pyarrow (pip install pyarrow)") from None
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"--run-dir: cannot open storage URI {uri!r}: {first}") from None
+
+
+class RunStorage:
+    """A run directory: `local` is where the driver writes; `sync()` mirrors it to a URI."""
+
+    def __init__(self, target: str | os.PathLike[str]) -> None:
+        self.target = str(target)
+        self.uri: str | None = None
+        if is_uri(self.target):
+            self.uri = self.target.rstrip("/")
+            self._fs, self._root = _filesystem(self.uri)
+            digest = hashlib.sha1(self.uri.encode()).hexdigest()[:12]
+            name = self.uri.rsplit("/", 1)[-1] or "run"
+            self.local = Path.home() / ".cache" / "qfleet" / "staging" / f"{name}-{digest}"
+        else:
+            self.local = Path(self.target)
+        self._sent: dict[str, tuple[int, int]] = {}
+
+    def __str__(self) -> str:
+        return self.target
+
+    def fetch(self) -> None:
+        """Download the run from its URI (for --resume and evaluate)."""
+        if self.uri is None:
+            return
+        import pyarrow.fs as pafs
+
+        info = self._fs.get_file_info(self._root)
+        if info.type == pafs.FileType.NotFound:
+            raise ConfigError(f"{self.uri!r} does not exist")
+        self.local.mkdir(parents=True, exist_ok=True)
+        for item in self._fs.get_file_info(pafs.FileSelector(self._root, recursive=True)):
+            if item.type != pafs.FileType.File:
+                continue
+            dest = self.local / os.path.relpath(item.path, self._root)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with self._fs.open_input_stream(item.path) as src, open(dest, "wb") as out:
+                out.write(src.read())
+        self._remember()
+
+    def _remember(self) -> None:
+        for path in self.local.rglob("*"):
+            if path.is_file():
+                st = path.stat()
+                self._sent[str(path)] = (st.st_size, st.st_mtime_ns)
+
+    def sync(self) -> int:
+        """Upload every file that changed since the last sync; return how many."""
+        if self.uri is None:
+            return 0
+        sent = 0
+        present = set()
+        for path in sorted(self.local.rglob("*")):
+            if not path.is_file() or path.name.endswith(".tmp"):
+                continue
+            present.add(str(path))
+            st = path.stat()
+            stamp = (st.st_size, st.st_mtime_ns)
+            if self._sent.get(str(path)) == stamp:
+                continue
+            rel = path.relative_to(self.local).as_posix()
+            dest = f"{self._root}/{rel}"
+            self._fs.create_dir(dest.rsplit("/", 1)[0], recursive=True)
+            with open(path, "rb") as src, self._fs.open_output_stream(dest) as out:
+                out.write(src.read())
+            self._sent[str(path)] = stamp
+            sent += 1
+        for gone in set(self._sent) - present:  # pruned checkpoints leave the mirror too
+            rel = Path(gone).relative_to(self.local).as_posix()
+            with contextlib.suppress(OSError):
+                self._fs.delete_file(f"{self._root}/{rel}")
+            del self._sent[gone]
+        return sent
