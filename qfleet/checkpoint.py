@@ -70,3 +70,34 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         if key not in state:
             raise CheckpointError(f"checkpoint {str(file)!r} lacks {key!r}")
     return state
+
+
+REPLAY_FILE = "replay.pt"
+
+
+def save_replay(run_dir: Path, updates: int, replay: dict[str, Any]) -> Path:
+    """The replay beside the checkpoints, tagged with the update count it belongs to."""
+    folder = Path(run_dir) / CKPT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / REPLAY_FILE
+    tmp = path.with_suffix(".pt.tmp")
+    with open(tmp, "wb") as f:
+        torch.save({"format": FORMAT, "updates": updates, "replay": replay}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def load_replay(run_dir: Path, updates: int) -> dict[str, Any] | None:
+    """The saved replay if it belongs to the checkpoint at `updates` (else None)."""
+    path = Path(run_dir) / CKPT_DIR / REPLAY_FILE
+    if not path.is_file():
+        return None
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return None  # a damaged replay costs a refill, never the run
+    if not isinstance(saved, dict) or saved.get("updates") != updates:
+        return None
+    return saved["replay"]

@@ -18,7 +18,7 @@ from typing import Annotated
 
 import typer
 
-from qfleet.checkpoint import CheckpointError, find_checkpoint, load_checkpoint
+from qfleet.checkpoint import CheckpointError, find_checkpoint, load_checkpoint, load_replay
 from qfleet.config import Config, ConfigError, config_from_dict, load_config
 from qfleet.storage import RunStorage
 
@@ -72,6 +72,7 @@ def _prepare_train(args: list[str], run_dir: str | None, resume: str | None,
             raise CheckpointError(f"--resume {resume!r} is not a qfleet run directory "
                                   "(no config.yaml)")
         resume_state = load_checkpoint(local)
+        resume_state["replay"] = load_replay(local, int(resume_state["counters"]["updates"]))
         config = load_config(path or local / "config.yaml", overrides)
         storage = storage or source
     else:

@@ -137,6 +137,9 @@ class ReplayConfig(_Section):
     """Prioritized: importance-sampling exponent at the start, annealed to 1."""
     beta_steps: int = Field(100_000, ge=1)
     """Prioritized: learner updates over which β reaches 1."""
+    save_on_exit: bool = True
+    """Save the replay's contents at the end of a run (when the disk has room for twice its
+    size), so that `--resume` continues with them instead of an empty replay."""
     capacity: int = Field(100_000, ge=1)
     min_size: int = Field(1000, ge=1)
     """Transitions stored before learning starts (warm-up)."""

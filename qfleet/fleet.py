@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import statistics
 import time
@@ -21,7 +22,7 @@ from typing import Any
 
 import ray
 
-from qfleet.checkpoint import save_checkpoint
+from qfleet.checkpoint import save_checkpoint, save_replay
 from qfleet.config import Config, save_config
 from qfleet.envs import EnvSpec
 from qfleet.learner.learner import LearnerError
@@ -135,8 +136,8 @@ class Fleet:
             learner_opts["resources"] = dict(c.learner.resources)
         resume_state = None
         if self.resume is not None:
-            resume_state = {k: self.resume[k] for k in ("network", "target", "optimizer",
-                                                        "counters")}
+            resume_state = {k: self.resume.get(k) for k in ("network", "target", "optimizer",
+                                                            "counters", "replay")}
         self.learner = RemoteLearner.options(**learner_opts).remote(
             self._cfg, self.spec, resume_state)
         self.actors: dict[int, Any] = {}
@@ -298,6 +299,21 @@ class Fleet:
             s.time_to_target = elapsed
             s.stopped_by = "target_return"
 
+    def _save_replay(self, updates: int) -> None:
+        """Keep the replay for --resume when the disk has room for it (twice, to be safe)."""
+        if not self.config.replay.save_on_exit or self.config.replay.kind == "none":
+            return
+        need = ray.get(self.learner.replay_bytes.remote())
+        free = shutil.disk_usage(self.run_dir).free
+        if need * 2 > free:
+            self.reporter.print(f"replay not saved: {need / 2**30:.1f} GiB needed, "
+                                f"{free / 2**30:.1f} GiB free on disk")
+            return
+        replay = ray.get(self.learner.replay_state.remote())
+        if replay is not None:
+            path = save_replay(self.run_dir, updates, replay)
+            self.reporter.print(f"replay saved: {path} ({replay['size']:,} transitions)")
+
     def _sync(self) -> None:
         """Mirror the run directory to its storage URI, if it has one."""
         self._last_sync = time.monotonic()
@@ -330,6 +346,7 @@ class Fleet:
         s, c = self.state, self.config
         final = ray.get(self.learner.stop.remote())
         path = self._checkpoint(final)
+        self._save_replay(int(final["counters"]["updates"]))
         s.updates = int(final["counters"]["updates"])
         s.env_steps = int(final["counters"]["env_steps"])
         self.reporter.print(f"checkpoint written: {path}")
@@ -361,6 +378,8 @@ class Fleet:
             "learner_device": self.learner_device,
             "checkpoint": str(path),
             "run_uri": self.storage.uri if self.storage is not None else None,
+            "replay_restored": int(saved["size"]) if (saved := (self.resume or {})
+                                                      .get("replay")) else 0,
         }
         tmp = self.run_dir / "summary.json.tmp"
         tmp.write_text(json.dumps(summary, indent=2) + "\n")

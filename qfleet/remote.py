@@ -165,6 +165,21 @@ class LearnerWorker:
         with self._lock:
             return self.learner.state_dict()
 
+    async def replay_state(self) -> dict[str, Any] | None:
+        """The replay's contents (after `stop`), for `--resume`."""
+        with self._lock:
+            return self.learner.replay_state()
+
+    async def replay_bytes(self) -> int:
+        state_bytes = 0
+        replay = self.learner.replay
+        for obj in (getattr(replay, "storage", None), getattr(replay, "sampler", None)):
+            for v in vars(obj).values() if obj is not None else ():
+                for t in (v if isinstance(v, tuple) else (v,)):
+                    if isinstance(t, torch.Tensor):
+                        state_bytes += t.numel() * t.element_size()
+        return state_bytes
+
     async def device(self) -> str:
         return str(self.learner.device)
 

@@ -64,3 +64,17 @@ def test_capacity_check_refuses_a_replay_that_cannot_fit():
     config = load_config(None, ["replay.capacity=100000000", "stop.env_steps=1"])
     with pytest.raises(LearnerError, match=r"replay\.capacity: 100000000 transitions need"):
         check_replay_fits(config, spec, torch.device("cpu"))
+
+
+def test_replay_state_round_trip_keeps_contents_and_priorities():
+    rb = make_replay("prioritized", 8, (2,), np.dtype(np.uint8), torch.device("cpu"))
+    rb.add(items(0, 5))
+    rb.update_priorities(torch.tensor([1, 3]), torch.tensor([5.0, 0.5]))
+    other = make_replay("prioritized", 8, (2,), np.dtype(np.uint8), torch.device("cpu"))
+    other.load_state_dict(rb.state_dict())
+    assert len(other) == 5
+    assert torch.equal(other.sampler.tree.tree, rb.sampler.tree.tree)
+    assert torch.equal(other.storage.gather(torch.arange(5)).action, torch.arange(5))
+    smaller = make_replay("uniform", 4, (2,), np.dtype(np.uint8), torch.device("cpu"))
+    with pytest.raises(ValueError, match="capacity"):
+        smaller.load_state_dict(rb.state_dict())

@@ -91,6 +91,7 @@ def test_interrupt_checkpoints_and_resume_continues_counters(run_dir):
                     "stop.target_return=null")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     second = summary(run_dir)
+    assert second["replay_restored"] > 0  # the replay came back, not an empty one
     assert second["env_steps"] >= more
     assert second["updates"] >= first["updates"]
     # TensorBoard curves continue where they were: one run, steps past the first run's end.

@@ -8,6 +8,7 @@ The Ray wrapper (`qfleet.remote`) runs `step()` in a loop and feeds `add()` from
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -231,7 +232,16 @@ class Learner:
                          "version": self.version},
         }
 
+    def replay_state(self) -> dict[str, Any] | None:
+        """The replay's contents, for a resume that continues where it was (None: no replay)."""
+        return self.replay.state_dict() if hasattr(self.replay, "state_dict") else None
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("replay") is not None and hasattr(self.replay, "load_state_dict"):
+            try:
+                self.replay.load_state_dict(state["replay"])
+            except ValueError as err:  # e.g. capacity overridden on resume: refill instead
+                warnings.warn(f"saved replay not restored: {err}", stacklevel=2)
         self.online.load_state_dict(state["network"])
         if self.target is not self.online:
             self.target.load_state_dict(state["target"])

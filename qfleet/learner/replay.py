@@ -10,7 +10,7 @@ course's barebone "no replay": each transition learned from once, in arrival ord
 from __future__ import annotations
 
 import warnings
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -201,6 +201,48 @@ class ReplayBuffer:
 
     def update_priorities(self, keys: torch.Tensor, td_abs: torch.Tensor) -> None:
         self.sampler.update(keys, td_abs)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every tensor and counter of storage and sampler, on the CPU (for --resume)."""
+        def plain(obj: object) -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            for k, v in vars(obj).items():
+                if isinstance(v, torch.Tensor):
+                    out[k] = v.detach().cpu()
+                elif isinstance(v, tuple) and v and all(isinstance(t, torch.Tensor) for t in v):
+                    out[k] = [t.detach().cpu() for t in v]  # DenseStorage's columns
+                elif isinstance(v, int | float) and not isinstance(v, bool):
+                    out[k] = v
+                elif k == "tree" and hasattr(v, "tree"):
+                    out["tree"] = v.tree.detach().cpu()
+            return out
+
+        return {"next": self._next, "size": self._size, "capacity": self.capacity,
+                "storage": plain(self.storage), "sampler": plain(self.sampler)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if int(state["capacity"]) != self.capacity:
+            raise ValueError(f"saved replay has capacity {state['capacity']}, "
+                             f"this run {self.capacity}")
+        for target, saved in ((self.storage, state["storage"]), (self.sampler, state["sampler"])):
+            for k, v in saved.items():
+                current = getattr(target, k, None)
+                if k == "tree" and hasattr(current, "tree"):
+                    current.tree.copy_(v)
+                elif isinstance(current, tuple):
+                    for dst, src in zip(current, v, strict=True):
+                        if dst.shape != src.shape:
+                            raise ValueError(f"saved replay's {k} has shape "
+                                             f"{tuple(src.shape)}, this run {tuple(dst.shape)}")
+                        dst.copy_(src)
+                elif isinstance(current, torch.Tensor):
+                    if current.shape != v.shape:
+                        raise ValueError(f"saved replay's {k} has shape {tuple(v.shape)}, "
+                                         f"this run {tuple(current.shape)}")
+                    current.copy_(v)
+                elif current is not None:
+                    setattr(target, k, v)
+        self._next, self._size = int(state["next"]), int(state["size"])
 
 
 class StreamBuffer:
