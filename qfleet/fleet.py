@@ -236,6 +236,11 @@ class Fleet:
                          "updates_per_s": (s.updates - last[2]) / dt}
                 if now - last[0] >= 1.0:
                     self.reporter.scalars(stats, rates, s.env_steps)
+                    w = self.reporter.writer
+                    w.add_scalar("fleet/actor_restarts", s.actor_restarts, s.env_steps)
+                    w.add_scalar("fleet/actors", len(self.runs), s.env_steps)
+                    w.add_scalar("fleet/nonfinite_skipped", stats["nonfinite_skipped"],
+                                 s.env_steps)
                     self.reporter.status(now - self.command_start, stats, rates, s.eval_mean)
                     last = (now, s.env_steps, s.updates)
                 self._check_actors()
