@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import os
 import statistics
 import time
@@ -343,7 +344,11 @@ def bench_soak(seconds: float, config_path: str = "configs/spaceinvaders-cpu.yam
             by_role["driver"] = psutil.Process(driver.pid).memory_info().rss
         except psutil.Error:
             break
-        for proc in psutil.process_iter():
+        try:  # only this run's processes: the driver's embedded Ray is its descendants
+            family = psutil.Process(driver.pid).children(recursive=True)
+        except psutil.Error:
+            break
+        for proc in family:
             role = _role(proc)
             if role is not None:
                 key = f"{role}:{proc.pid}" if role == "actor" else role
@@ -358,14 +363,24 @@ def bench_soak(seconds: float, config_path: str = "configs/spaceinvaders-cpu.yam
     acc.Reload()
     sizes = acc.Scalars("replay/size") if "replay/size" in acc.Tags()["scalars"] else []
     full_at = next((e.wall_time for e in sizes if e.value >= capacity), None)
-    slopes = {k: _slope_per_min([p for p in v if full_at is not None and p[0] >= full_at])
-              for k, v in samples.items()}
+    def after_full(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        return [p for p in points if full_at is not None and p[0] >= full_at]
+
+    def second_half(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        return points[len(points) // 2:]
+
+    slopes = {k: _slope_per_min(after_full(v)) for k, v in samples.items()}
+    late = {k: _slope_per_min(second_half(after_full(v))) for k, v in samples.items()}
+    with open(f"{run_dir}/soak_samples.json", "w") as f:
+        json.dump({"replay_full_at": full_at, "samples": samples}, f)
     return {"bench": "soak", "config": config_path, "seconds": time.monotonic() - start,
             "replay_capacity": capacity, "replay_full_after_s":
                 None if full_at is None or not sizes else full_at - sizes[0].wall_time,
             "rss_mib_last": {k: round(v[-1][1], 1) for k, v in samples.items()},
             "rss_slope_mib_per_min_after_full": {k: None if v is None else round(v, 3)
                                                  for k, v in slopes.items()},
+            "rss_slope_mib_per_min_second_half": {k: None if v is None else round(v, 3)
+                                                  for k, v in late.items()},
             "run_dir": run_dir, "exit_code": driver.returncode}
 
 
@@ -407,7 +422,10 @@ def describe(result: dict[str, Any]) -> list[str]:
         for key, slope in result["rss_slope_mib_per_min_after_full"].items():
             last = result["rss_mib_last"][key]
             shown = "n/a" if slope is None else f"{slope:+.2f} MiB/min"
-            lines.append(f"  {key:<24} RSS {last:>9,.1f} MiB   slope after full: {shown}")
+            late = result["rss_slope_mib_per_min_second_half"][key]
+            late_shown = "n/a" if late is None else f"{late:+.2f} MiB/min"
+            lines.append(f"  {key:<18} RSS {last:>9,.1f} MiB   slope after full: {shown:>15}"
+                         f"   second half: {late_shown:>15}")
         return lines
     return [f"{result['actors']} actors on {result['actor_nodes']} node(s) -> learner replay: "
             f"{result['transitions_per_s']:,.0f} transitions/s "
