@@ -11,7 +11,7 @@ import time
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import CONFIGS, ROOT, qfleet, summary
+from tests.conftest import CONFIGS, ROOT, assert_one_line_error, qfleet, summary
 
 
 def scalar_steps(run_dir, tag: str) -> list[int]:
@@ -94,6 +94,9 @@ def test_interrupt_checkpoints_and_resume_continues_counters(run_dir):
     assert second["replay_restored"] > 0  # the replay came back, not an empty one
     assert second["env_steps"] >= more
     assert second["updates"] >= first["updates"]
+    # A checkpoint of another env or network shape is refused before anything starts.
+    foreign = qfleet("train", "--resume", run_dir, "env.id=LunarLander-v3", timeout=120)
+    assert_one_line_error(foreign, "does not match env 'LunarLander-v3'")
     # TensorBoard curves continue where they were: one run, steps past the first run's end.
     steps = scalar_steps(run_dir, "charts/episodic_return")
     assert min(steps) < first["env_steps"] < max(steps)
