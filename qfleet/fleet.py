@@ -227,7 +227,7 @@ class Fleet:
         try:
             while not self._stop_requested:
                 time.sleep(TICK_S)
-                stats = ray.get(self.learner.stats.remote())
+                stats = ray.get(self.learner.stats.options(enable_task_events=False).remote())
                 self._absorb(stats)
                 weights_ref = stats["weights"][0]
                 now = time.monotonic()
