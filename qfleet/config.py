@@ -140,6 +140,9 @@ class ReplayConfig(_Section):
     save_on_exit: bool = True
     """Save the replay's contents at the end of a run (when the disk has room for twice its
     size), so that `--resume` continues with them instead of an empty replay."""
+    save_with_checkpoints: bool = False
+    """Also save it with every periodic checkpoint, so a resume after a crash (learner,
+    driver or machine) gets it too; costs a copy of the replay per checkpoint."""
     capacity: int = Field(100_000, ge=1)
     min_size: int = Field(1000, ge=1)
     """Transitions stored before learning starts (warm-up)."""

@@ -256,7 +256,12 @@ class Fleet:
                                                               c.eval.epsilon)
                     last_eval_launch = now
                 if s.updates >= next_ckpt:
-                    self._checkpoint(ray.get(self.learner.state.remote()))
+                    with_replay = self._replay_fits() and c.replay.save_with_checkpoints
+                    state = ray.get(self.learner.state.remote(include_replay=with_replay))
+                    replay = state.pop("replay", None)
+                    self._checkpoint(state)
+                    if replay is not None:
+                        save_replay(self.run_dir, int(state["counters"]["updates"]), replay)
                     next_ckpt = s.updates + c.log.checkpoint_every_updates
                     self._sync()
                 if now - self._last_sync >= 60.0:
@@ -304,15 +309,21 @@ class Fleet:
             s.time_to_target = elapsed
             s.stopped_by = "target_return"
 
-    def _save_replay(self, updates: int) -> None:
-        """Keep the replay for --resume when the disk has room for it (twice, to be safe)."""
-        if not self.config.replay.save_on_exit or self.config.replay.kind == "none":
-            return
+    def _replay_fits(self) -> bool:
+        """Whether the disk has room for the replay (twice, to be safe)."""
+        if self.config.replay.kind == "none":
+            return False
         need = ray.get(self.learner.replay_bytes.remote())
         free = shutil.disk_usage(self.run_dir).free
         if need * 2 > free:
             self.reporter.print(f"replay not saved: {need / 2**30:.1f} GiB needed, "
                                 f"{free / 2**30:.1f} GiB free on disk")
+            return False
+        return True
+
+    def _save_replay(self, updates: int) -> None:
+        """Keep the replay for --resume (after the final checkpoint)."""
+        if not self.config.replay.save_on_exit or not self._replay_fits():
             return
         replay = ray.get(self.learner.replay_state.remote())
         if replay is not None:

@@ -154,9 +154,14 @@ class LearnerWorker:
         stats["pids"] = {"learner": os.getpid(), **{str(k): v for k, v in self._pids.items()}}
         return stats
 
-    async def state(self) -> dict[str, Any]:
+    async def state(self, include_replay: bool = False) -> dict[str, Any]:
+        """Checkpoint state; with the replay taken under the same lock, so both belong to
+        the same update count."""
         with self._lock:
-            return self.learner.state_dict()
+            state = self.learner.state_dict()
+            if include_replay:
+                state["replay"] = self.learner.replay_state()
+            return state
 
     async def stop(self) -> dict[str, Any]:
         """Stop learning and tell every actor at its next send; return the final state."""

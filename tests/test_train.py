@@ -161,3 +161,23 @@ def test_an_unusable_storage_uri_is_refused(tmp_path):
     result = qfleet("train", CONFIGS / "cartpole.yaml", "--run-dir", "nosuchfs://x/y")
     assert result.returncode == 2
     assert "cannot open storage URI" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_killed_driver_resumes_with_the_replay_of_its_last_checkpoint(run_dir):
+    cmd = [sys.executable, "-m", "qfleet.cli", "train", str(CONFIGS / "cartpole.yaml"),
+           "stop.target_return=null", "stop.time_s=300", "log.checkpoint_every_updates=300",
+           "replay.save_with_checkpoints=true", "--run-dir", str(run_dir)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not list((run_dir / "checkpoints").glob("replay.pt")):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.5)
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGKILL)  # no goodbye: driver and its Ray die at once
+    proc.wait(timeout=30)
+    subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=60)
+    assert not (run_dir / "summary.json").exists()
+    result = qfleet("train", "--resume", run_dir, "stop.env_steps=1", "stop.time_s=null")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert summary(run_dir)["replay_restored"] > 0
