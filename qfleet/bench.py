@@ -384,9 +384,51 @@ def bench_soak(seconds: float, config_path: str = "configs/spaceinvaders-cpu.yam
             "run_dir": run_dir, "exit_code": driver.returncode}
 
 
+def bench_recovery(seconds: float, kill_after_s: float = 20.0) -> dict[str, Any]:
+    """Time from SIGKILL of one actor's process to recovered fleet throughput (CartPole,
+    actors unthrottled so throughput is the actors'), read from the run's TensorBoard."""
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = tempfile.mkdtemp(prefix="qfleet-recovery-")
+    total = max(seconds, kill_after_s + 20.0)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qfleet.cli", "train", "configs/cartpole.yaml",
+         "stop.target_return=null", f"stop.time_s={total}", "learner.replay_ratio=null",
+         "--run-dir", run_dir], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("qfleet:"):
+            break
+    time.sleep(kill_after_s)
+    pids = subprocess.run(["pgrep", "-f", "ray::ActorWorker"], capture_output=True,
+                          text=True).stdout.split()
+    t_kill = time.time()
+    if pids:
+        os.kill(int(pids[0]), signal.SIGKILL)
+    proc.stdout.read()
+    proc.wait()
+    acc = EventAccumulator(run_dir, size_guidance={"scalars": 0})
+    acc.Reload()
+    rates = acc.Scalars("perf/env_steps_per_s")
+    before = [e.value for e in rates if t_kill - 10 <= e.wall_time < t_kill]
+    base = statistics.fmean(before) if before else float("nan")
+    after = [(e.wall_time - t_kill, e.value) for e in rates if e.wall_time >= t_kill]
+    recovered = next((dt for dt, v in after if v >= 0.9 * base), None)
+    return {"bench": "recovery", "killed_pid": int(pids[0]) if pids else None,
+            "baseline_env_steps_per_s": base,
+            "min_env_steps_per_s_after_kill": min((v for _, v in after[:10]), default=None),
+            "recovered_90pct_after_s": recovered, "run_dir": run_dir}
+
+
 BENCHES: dict[str, Callable[..., dict[str, Any]]] = {
     "envs": bench_envs, "actors": bench_actors, "learner": bench_learner,
     "replay": bench_replay, "pipeline": bench_pipeline, "soak": bench_soak,
+    "recovery": bench_recovery,
 }
 
 
@@ -416,6 +458,11 @@ def describe(result: dict[str, Any]) -> list[str]:
                 f"{result['dense_bytes_per_transition']:,})",
                 f"insert {result['insert_transitions_per_s']:,.0f} transitions/s, "
                 f"sample+update {result['sample_transitions_per_s']:,.0f} transitions/s"]
+    if name == "recovery":
+        back = result["recovered_90pct_after_s"]
+        return [f"one actor SIGKILLed: throughput {result['baseline_env_steps_per_s']:,.0f} -> "
+                f"{result['min_env_steps_per_s_after_kill'] or 0:,.0f} env steps/s; back to 90 % "
+                + ("never" if back is None else f"after {back:.1f} s")]
     if name == "soak":
         lines = [f"soak: {result['seconds']:.0f} s of {result['config']}, replay of "
                  f"{result['replay_capacity']:,} full after {result['replay_full_after_s']} s"]

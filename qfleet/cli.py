@@ -206,7 +206,7 @@ def evaluate(
 @app.command()
 def bench(
     which: Annotated[str, typer.Argument(
-        help="envs | actors | learner | replay | pipeline | soak")],
+        help="envs | actors | learner | replay | pipeline | soak | recovery")],
     seconds: Annotated[float, typer.Option(min=0.5, help="Measuring time.")] = 9.0,
     batch_size: Annotated[int, typer.Option(min=1, help="learner: batch size.")] = 32,
     device: Annotated[str, typer.Option(help="learner/replay: auto, cpu or cuda.")] = "auto",
