@@ -175,7 +175,7 @@ def bench_replay(seconds: float, capacity: int = 100_000, device: str = "cpu"
     sample throughput of the prioritized replay."""
     from qfleet.actors.actor import Actor
     from qfleet.envs import env_spec
-    from qfleet.learner.replay import ReplayBuffer, make_replay
+    from qfleet.learner.replay import DenseStorage, ReplayBuffer, make_replay
 
     config = _atari_config(["actors.num_actors=1", "actors.envs_per_actor=16",
                             "learner.n_step=3"])
@@ -184,9 +184,7 @@ def bench_replay(seconds: float, capacity: int = 100_000, device: str = "cpu"
     replay = make_replay("prioritized", capacity, spec.obs_shape, spec.obs_dtype, dev,
                          frame_refs=True, num_streams=16, window=64)
     assert isinstance(replay, ReplayBuffer)
-    held = [t for t in vars(replay.storage).values() if isinstance(t, torch.Tensor)]
-    held.append(replay.sampler.tree.tree)
-    total = sum(t.numel() * t.element_size() for t in held)
+    total = replay.nbytes()
     actor = Actor(config, spec, 0, seed=0)
     chunks = [actor.collect(16) for _ in range(8)]
     actor.close()
@@ -211,7 +209,8 @@ def bench_replay(seconds: float, capacity: int = 100_000, device: str = "cpu"
     sample_rate = _rate(sample, seconds / 2)
     return {"bench": "replay", "capacity": capacity, "device": device,
             "bytes_per_transition": total / capacity, "limit_bytes": 8192,
-            "dense_bytes_per_transition": 2 * 4 * 84 * 84 + 16,
+            "dense_bytes_per_transition": DenseStorage.bytes_per_item(spec.obs_shape,
+                                                                      spec.obs_dtype),
             "insert_transitions_per_s": insert_rate,
             "sample_transitions_per_s": sample_rate}
 

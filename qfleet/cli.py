@@ -80,14 +80,9 @@ def _prepare_train(args: list[str], run_dir: str | None, resume: str | None,
             raise ConfigError("missing CONFIG: give a YAML config file (see configs/)")
         config = load_config(path, overrides)
     spec = env_spec(config.env)
-    try:
-        from qfleet.networks import build_q_network
-
-        build_q_network(config.network, spec)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
+    net = _build_network(config, spec)
     if resume_state is not None:
-        _check_compatible(resume_state, config, spec)
+        _check_compatible(resume_state, config, net)
     if not (address or os.environ.get("RAY_ADDRESS")):
         # A local run: the machine's cores and the learner's memory are knowable now.
         cores = os.cpu_count() or 1
@@ -98,10 +93,17 @@ def _prepare_train(args: list[str], run_dir: str | None, resume: str | None,
     return config, spec, storage or RunStorage(_default_run_dir(config)), resume_state
 
 
-def _check_compatible(state: dict, config: Config, spec) -> None:
+def _build_network(config: Config, spec):
+    """The config's Q-network for this env, or the config error that prevents it."""
     from qfleet.networks import build_q_network
 
-    net = build_q_network(config.network, spec)
+    try:
+        return build_q_network(config.network, spec)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def _check_compatible(state: dict, config: Config, net) -> None:
     try:
         net.load_state_dict(state["network"])
     except (RuntimeError, KeyError) as err:
@@ -179,7 +181,7 @@ def evaluate(
         state = load_checkpoint(file)
         config = config_from_dict(state["config"])
         spec = env_spec(config.env)
-        _check_compatible(state, config, spec)
+        _check_compatible(state, config, _build_network(config, spec))
     except (ConfigError, CheckpointError) as err:
         raise _fail(str(err)) from None
     results = Evaluator(config, spec).evaluate(state["network"], episodes, epsilon)

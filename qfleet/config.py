@@ -92,9 +92,8 @@ class ActorsConfig(_Section):
     @property
     def stream_slots(self) -> int:
         """Env streams the learner must tell apart: every env the fleet may ever run."""
-        count = self.max_actors or (self.num_actors if isinstance(self.num_actors, int) else 1)
-        return max(count, self.num_actors if isinstance(self.num_actors, int) else 1) \
-            * self.envs_per_actor
+        fixed = self.num_actors if isinstance(self.num_actors, int) else 1
+        return max(self.max_actors or fixed, fixed) * self.envs_per_actor
 
 
 class LearnerConfig(_Section):

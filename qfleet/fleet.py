@@ -256,7 +256,7 @@ class Fleet:
                                                               c.eval.epsilon)
                     last_eval_launch = now
                 if s.updates >= next_ckpt:
-                    with_replay = self._replay_fits() and c.replay.save_with_checkpoints
+                    with_replay = c.replay.save_with_checkpoints and self._replay_fits()
                     state = ray.get(self.learner.state.remote(include_replay=with_replay))
                     replay = state.pop("replay", None)
                     self._checkpoint(state)

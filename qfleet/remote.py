@@ -176,14 +176,8 @@ class LearnerWorker:
             return self.learner.replay_state()
 
     async def replay_bytes(self) -> int:
-        state_bytes = 0
         replay = self.learner.replay
-        for obj in (getattr(replay, "storage", None), getattr(replay, "sampler", None)):
-            for v in vars(obj).values() if obj is not None else ():
-                for t in (v if isinstance(v, tuple) else (v,)):
-                    if isinstance(t, torch.Tensor):
-                        state_bytes += t.numel() * t.element_size()
-        return state_bytes
+        return replay.nbytes() if hasattr(replay, "nbytes") else 0
 
     async def device(self) -> str:
         return str(self.learner.device)

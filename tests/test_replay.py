@@ -78,3 +78,13 @@ def test_replay_state_round_trip_keeps_contents_and_priorities():
     smaller = make_replay("uniform", 4, (2,), np.dtype(np.uint8), torch.device("cpu"))
     with pytest.raises(ValueError, match="capacity"):
         smaller.load_state_dict(rb.state_dict())
+
+
+def test_nbytes_counts_every_column_and_the_sum_tree():
+    cpu = torch.device("cpu")
+    uniform = make_replay("uniform", 5, (2,), np.dtype(np.uint8), cpu)
+    # obs and next_obs 5×2 bytes each, action 5×8, reward and discount 5×4 each
+    assert uniform.nbytes() == 10 + 40 + 20 + 20 + 10
+    prioritized = make_replay("prioritized", 5, (2,), np.dtype(np.uint8), cpu)
+    # plus a float64 sum tree over 8 leaves (16 nodes) and the running max priority
+    assert prioritized.nbytes() == uniform.nbytes() + 16 * 8 + 8

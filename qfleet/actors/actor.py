@@ -72,10 +72,6 @@ class Actor:
         self.clip = clip_rewards_default(config.env)
         self.rng = np.random.default_rng(seed)
 
-    @property
-    def envs(self) -> VecEnv:
-        return self.groups[0].envs
-
     def set_weights(self, version: int, state: dict[str, torch.Tensor]) -> None:
         self.net.load_state_dict(state)
         self.version = version

@@ -12,7 +12,6 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 
 from qfleet.config import Config
@@ -221,11 +220,9 @@ class Learner:
 
     # -- checkpoints ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        cpu = {k: v.detach().cpu() for k, v in self.online.state_dict().items()}
-        tgt = {k: v.detach().cpu() for k, v in self.target.state_dict().items()}
         return {
-            "network": cpu,
-            "target": tgt,
+            "network": _to_cpu(self.online.state_dict()),
+            "target": _to_cpu(self.target.state_dict()),
             "optimizer": _to_cpu(self.optimizer.state_dict()),
             "counters": {"updates": self.updates, "env_steps": self.env_steps,
                          "transitions": self.transitions, "episodes": self.episodes,
@@ -260,8 +257,3 @@ def _to_cpu(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return type(obj)(_to_cpu(v) for v in obj)
     return obj
-
-
-def seed_everything(seed: int) -> None:
-    np.random.seed(seed)
-    torch.manual_seed(seed)

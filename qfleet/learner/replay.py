@@ -202,6 +202,18 @@ class ReplayBuffer:
     def update_priorities(self, keys: torch.Tensor, td_abs: torch.Tensor) -> None:
         self.sampler.update(keys, td_abs)
 
+    def nbytes(self) -> int:
+        """Device bytes held by storage and sampler (the sum tree included)."""
+        total = 0
+        for part in (self.storage, self.sampler):
+            for v in vars(part).values():
+                if hasattr(v, "tree"):  # the SumTree of a prioritized sampler
+                    v = v.tree
+                for t in v if isinstance(v, tuple) else (v,):
+                    if isinstance(t, torch.Tensor):
+                        total += t.numel() * t.element_size()
+        return total
+
     def state_dict(self) -> dict[str, Any]:
         """Every tensor and counter of storage and sampler, on the CPU (for --resume)."""
         def plain(obj: object) -> dict[str, Any]:
