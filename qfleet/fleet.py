@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from qfleet.checkpoint import save_checkpoint, save_replay
 from qfleet.config import Config, save_config
@@ -122,6 +123,7 @@ class Fleet:
         self._chunks_at_start: dict[int, int] = {}
         self._last_grow = 0.0
         self._nonfinite_seen = 0
+        self.learner_node: str | None = None
         self._last_sync = time.monotonic()
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -144,11 +146,35 @@ class Fleet:
         self.runs: dict[ray.ObjectRef, int] = {}
         for i in range(c.actors.num_actors):
             self._start_actor(i)
-        self.evaluator = RemoteEvaluator.options(num_cpus=0).remote(self._cfg, self.spec)
         try:
-            self.learner_device = ray.get(self.learner.device.remote())
+            self.learner_device, self.learner_node = ray.get(self.learner.placement.remote())
         except ray.exceptions.RayActorError as err:
             raise _learner_start_error(err) from None
+        self._start_evaluator()
+
+    def _start_evaluator(self) -> None:
+        """The evaluator lives on the learner's node when it can: a worker node that leaves
+        would take it along."""
+        near_learner = NodeAffinitySchedulingStrategy(self.learner_node, soft=True)
+        self.evaluator = RemoteEvaluator.options(
+            num_cpus=0, scheduling_strategy=near_learner).remote(self._cfg, self.spec)
+
+    def _evaluate(self, weights: Any) -> ray.ObjectRef:
+        c = self.config.eval
+        return self.evaluator.evaluate.remote(weights, c.episodes, c.epsilon)
+
+    def _collect_eval(self, ref: ray.ObjectRef) -> bool:
+        """Record a finished evaluation; a lost evaluator is recreated and the evaluation
+        skipped, never the run."""
+        try:
+            results = ray.get(ref)[0]
+        except ray.exceptions.RayActorError as err:
+            self.reporter.print(f"evaluator lost ({type(err).__name__}); recreating it")
+            ray.kill(self.evaluator, no_restart=True)
+            self._start_evaluator()
+            return False
+        self._record_eval(results)
+        return True
 
     def _start_actor(self, index: int, generation: int = 0) -> None:
         c = self.config
@@ -248,12 +274,11 @@ class Fleet:
                     self._grow()
                     self._last_grow = now
                 if eval_ref is not None and ray.wait([eval_ref], timeout=0)[0]:
-                    self._record_eval(ray.get(eval_ref)[0])
+                    self._collect_eval(eval_ref)
                     eval_ref = None
                 if (eval_ref is None and s.updates > 0
                         and now - last_eval_launch >= c.eval.every_s):
-                    eval_ref = self.evaluator.evaluate.remote(weights_ref, c.eval.episodes,
-                                                              c.eval.epsilon)
+                    eval_ref = self._evaluate(weights_ref)
                     last_eval_launch = now
                 if s.updates >= next_ckpt:
                     with_replay = c.replay.save_with_checkpoints and self._replay_fits()
@@ -292,7 +317,6 @@ class Fleet:
                                 "stopping with a checkpoint of the last good weights")
             s.stopped_by = "nonfinite_loss"
         self._chunks_by_actor = stats["chunks_by_actor"]
-        self.learner_node = stats["learner_node"]
         episodes = [Episode(*e) for e in stats["episode_list"]]
         self.reporter.episodes(episodes, s.episodes + 1, s.env_steps)
         s.episodes += len(episodes)
@@ -371,8 +395,9 @@ class Fleet:
             if eval_ref is not None:
                 ray.cancel(eval_ref, force=True)
             final_weights = ray.put(final["network"])
-            self._record_eval(ray.get(self.evaluator.evaluate.remote(
-                final_weights, c.eval.episodes, c.eval.epsilon))[0])
+            for _ in range(2):  # once more on a fresh evaluator if the first was lost
+                if self._collect_eval(self._evaluate(final_weights)):
+                    break
         wall = time.monotonic() - self.command_start
         summary = {
             "env_id": c.env.id,
@@ -389,7 +414,7 @@ class Fleet:
             "actor_restarts": s.actor_restarts,
             "actor_nodes": len(s.nodes),
             "actor_node_ids": sorted(s.nodes),
-            "learner_node_id": getattr(self, "learner_node", None),
+            "learner_node_id": self.learner_node,
             "num_actors": len(self.actors),
             "learner_device": self.learner_device,
             "checkpoint": str(path),

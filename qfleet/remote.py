@@ -150,7 +150,6 @@ class LearnerWorker:
         stats["inbox"] = self._inbox.qsize()
         stats["actor_nodes"] = sorted(self._nodes)
         stats["chunks_by_actor"] = dict(self._chunks_by_actor)
-        stats["learner_node"] = self._node
         stats["pids"] = {"learner": os.getpid(), **{str(k): v for k, v in self._pids.items()}}
         return stats
 
@@ -179,8 +178,9 @@ class LearnerWorker:
         replay = self.learner.replay
         return replay.nbytes() if hasattr(replay, "nbytes") else 0
 
-    async def device(self) -> str:
-        return str(self.learner.device)
+    async def placement(self) -> tuple[str, str]:
+        """The learner's device and Ray node: the driver puts the evaluator beside it."""
+        return str(self.learner.device), self._node
 
 
 class ActorWorker:

@@ -118,7 +118,12 @@ def test_repeated_nonfinite_losses_stop_the_run_with_a_good_checkpoint(run_dir):
     assert all(torch.isfinite(v).all() for v in state["network"].values())
 
 
-def test_an_actor_killed_with_sigkill_is_restarted_and_the_run_still_solves(run_dir):
+def _pids(pattern: str) -> list[int]:
+    found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
+    return [int(pid) for pid in found.stdout.split()]
+
+
+def test_actor_and_evaluator_killed_with_sigkill_are_restarted_and_the_run_solves(run_dir):
     cmd = [sys.executable, "-m", "qfleet.cli", "train", str(CONFIGS / "cartpole.yaml"),
            "stop.time_s=400", "--run-dir", str(run_dir)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -128,14 +133,15 @@ def test_an_actor_killed_with_sigkill_is_restarted_and_the_run_still_solves(run_
         if line.startswith("qfleet:"):
             break
     time.sleep(4)
-    pids = subprocess.run(["pgrep", "-f", "ray::ActorWorker"], capture_output=True,
-                          text=True).stdout.split()
-    assert pids, "no actor process found"
-    os.kill(int(pids[0]), signal.SIGKILL)
+    actors, evaluators = _pids("ray::ActorWorker"), _pids("ray::EvaluatorWorker")
+    assert actors and evaluators, "no actor or evaluator process found"
+    os.kill(actors[0], signal.SIGKILL)
+    os.kill(evaluators[0], signal.SIGKILL)
     rest = proc.stdout.read()
     proc.wait(timeout=400)
     assert proc.returncode == 0, rest[-3000:]
     assert "died" in rest and "restarting it" in rest
+    assert "evaluator lost" in rest
     s = summary(run_dir)
     assert s["actor_restarts"] >= 1
     assert s["stopped_by"] == "target_return" and s["eval_return_mean"] >= 475
