@@ -34,14 +34,13 @@ def _rate(fn: Callable[[], int], seconds: float) -> float:
     return n / elapsed
 
 
-def _interleaved(a: Callable[[], int], b: Callable[[], int], seconds: float,
-                 rounds: int = 3) -> tuple[float, float]:
-    """Median rates of a and b, measured in alternation so machine noise hits both."""
-    ra, rb = [], []
+def _interleaved(*fns: Callable[[], int], seconds: float, rounds: int = 3) -> list[float]:
+    """Median rates of each fn, measured in alternation so machine noise hits all."""
+    rates: list[list[float]] = [[] for _ in fns]
     for _ in range(rounds):
-        ra.append(_rate(a, seconds / rounds))
-        rb.append(_rate(b, seconds / rounds))
-    return statistics.median(ra), statistics.median(rb)
+        for fn, r in zip(fns, rates, strict=True):
+            r.append(_rate(fn, seconds / rounds))
+    return [statistics.median(r) for r in rates]
 
 
 def _atari_config(overrides: list[str]) -> Config:
@@ -84,7 +83,7 @@ def bench_envs(seconds: float, envs: int = 16, threads: int = 2) -> dict[str, An
             single.reset()
         return 1
 
-    vec_rate, single_rate = _interleaved(vec_step, single_step, seconds)
+    vec_rate, single_rate = _interleaved(vec_step, single_step, seconds=seconds)
     vec.close()
     single.close()
     return {"bench": "envs", "env": ATARI, "envs": envs, "threads": threads,
@@ -93,26 +92,39 @@ def bench_envs(seconds: float, envs: int = 16, threads: int = 2) -> dict[str, An
 
 
 def bench_actors(seconds: float, envs: int = 16, threads: int = 2) -> dict[str, Any]:
-    """One Actor (inference, ε-greedy, n-step, frame streams) vs the bare vector env."""
+    """One Actor (inference, ε-greedy, n-step, frame streams) as it runs in a fleet vs the
+    bare vector env with `threads` emulator threads, i.e. on the same cores."""
     from qfleet.actors.actor import Actor
     from qfleet.envs import env_spec
 
-    config = _atari_config([f"actors.envs_per_actor={envs}", f"env.env_threads={threads}",
-                            "actors.num_actors=1", "learner.n_step=3", "network.dueling=true"])
+    config = _atari_config([f"actors.envs_per_actor={envs}", "actors.num_actors=1",
+                            "learner.n_step=3", "network.dueling=true"])
     spec = env_spec(config.env)
     actor = Actor(config, spec, 0, seed=0)
-    bare, bare_step = _bare_stepper(config, envs, seed=1)
+    bare, bare_step = _bare_stepper(_atari_config([f"env.env_threads={threads}"]), envs, 1)
+    # The same envs on only the actor's emulator threads: how much of its own emulation
+    # speed the actor keeps with inference and bookkeeping beside it.
+    own = actor.emulator_threads
+    bare_own, bare_own_step = _bare_stepper(_atari_config([f"env.env_threads={own}"]), envs, 2)
 
     def actor_chunk() -> int:
         return actor.collect(4).env_steps
 
-    actor_rate, bare_rate = _interleaved(actor_chunk, bare_step, seconds)
+    actor_rate, bare_rate, own_rate = _interleaved(actor_chunk, bare_step, bare_own_step,
+                                                   seconds=seconds)
+    result = {"bench": "actors", "env": ATARI, "envs": envs, "threads": threads,
+              "actor_batch": actor.envs.batch_size,
+              "actor_emulator_threads": actor.emulator_threads,
+              "actor_inference_dtype": str(actor.net.compute_dtype).removeprefix("torch."),
+              "torch_threads": torch.get_num_threads(),
+              "actor_steps_per_s": actor_rate, "bare_env_steps_per_s": bare_rate,
+              "ratio": actor_rate / bare_rate,
+              "bare_env_own_threads_steps_per_s": own_rate,
+              "ratio_own_threads": actor_rate / own_rate}
     actor.close()
     bare.close()
-    return {"bench": "actors", "env": ATARI, "envs": envs, "threads": threads,
-            "torch_threads": torch.get_num_threads(),
-            "actor_steps_per_s": actor_rate, "bare_env_steps_per_s": bare_rate,
-            "ratio": actor_rate / bare_rate}
+    bare_own.close()
+    return result
 
 
 def bench_learner(seconds: float, batch_size: int = 32, device: str = "auto",
@@ -163,7 +175,7 @@ def bench_learner(seconds: float, batch_size: int = 32, device: str = "auto",
         sync()
         return k
 
-    ours, bare = _interleaved(learner_update, bare_update, seconds)
+    ours, bare = _interleaved(learner_update, bare_update, seconds=seconds)
     return {"bench": "learner", "device": str(dev), "batch_size": batch_size,
             "network": "nature_cnn+dueling", "replay": replay,
             "learner_updates_per_s": ours, "bare_updates_per_s": bare, "ratio": ours / bare}
@@ -441,10 +453,16 @@ def describe(result: dict[str, Any]) -> list[str]:
                 f"{result['single_env_steps_per_s']:,.0f} steps/s "
                 f"(vector/single {result['ratio']:.2f}x)"]
     if name == "actors":
-        return [f"actor, inference included: {result['actor_steps_per_s']:,.0f} env steps/s",
-                f"bare vector env, same envs and threads: "
+        return [f"actor, inference included ({result['envs']} envs in batches of "
+                f"{result['actor_batch']}, {result['actor_emulator_threads']} emulator "
+                f"thread(s), {result['actor_inference_dtype']} inference): "
+                f"{result['actor_steps_per_s']:,.0f} env steps/s",
+                f"bare vector env, same envs, {result['threads']} threads: "
                 f"{result['bare_env_steps_per_s']:,.0f} env steps/s",
-                f"ratio {result['ratio']:.2f} (target >= 0.80)"]
+                f"ratio {result['ratio']:.2f} (target >= 0.80)",
+                f"bare vector env on the actor's {result['actor_emulator_threads']} emulator "
+                f"thread(s): {result['bare_env_own_threads_steps_per_s']:,.0f} env steps/s "
+                f"(actor keeps {result['ratio_own_threads']:.2f} of it)"]
     if name == "learner":
         return [f"learner on {result['device']}, batch {result['batch_size']}, "
                 f"{result['replay']} replay: {result['learner_updates_per_s']:,.1f} updates/s",

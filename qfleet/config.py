@@ -42,7 +42,7 @@ class EnvConfig(_Section):
     episodic_life: bool = False
     max_episode_steps: int | None = Field(None, ge=1)
     env_threads: int = Field(0, ge=0)
-    """ALE emulator threads per actor, shared by its env groups; 0 = 2."""
+    """ALE emulator threads per actor; 0 = 1 when its envs run in batches, else 2."""
 
 
 class NetworkConfig(_Section):
@@ -74,8 +74,13 @@ class ActorsConfig(_Section):
     epsilon_end: float = Field(0.05, ge=0.0, le=1.0)
     epsilon_decay_steps: int = Field(10_000, ge=1)
     """Fleet env steps over which the linear ε decays."""
+    inference_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Precision of the actors' acting copy of the Q-network (learning and greedy
+    evaluation stay float32). `auto`: bfloat16 for pixel networks where this CPU runs it
+    faster (measured at actor start), else float32."""
     env_groups: int = Field(0, ge=0, le=64)
-    """Groups of envs that take turns so inference overlaps emulation; 0 = 2 for Atari."""
+    """Batches an Atari actor's envs run in, so inference overlaps emulation; 0 = 2,
+    1 = lockstep."""
     chunk_steps: int = Field(16, ge=1)
     """Vector steps per chunk sent to the learner (chunk = steps × envs transitions)."""
     max_in_flight: int = Field(2, ge=1, le=64)

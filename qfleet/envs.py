@@ -42,6 +42,10 @@ class Step:
     rewards: np.ndarray
     terminated: np.ndarray
     truncated: np.ndarray
+    env_ids: np.ndarray
+    """Which of the vector's envs these rows are (all of them, in order, in lockstep)."""
+    fresh: np.ndarray | None = None
+    """Rows that are an env's first reset observation, not a step (batched ALE only)."""
 
 
 def is_atari(env_id: str) -> bool:
@@ -106,19 +110,27 @@ def clip_rewards_default(cfg: EnvConfig) -> bool:
 
 
 class VecEnv:
-    """A vector of envs that autoresets in the same step, with `Step` as its contract."""
+    """A vector of envs that autoresets in the same step, with `Step` as its contract.
+
+    In lockstep every `recv` returns all envs. A batched ALE vector (`batch_size` below
+    `num_envs`) returns whichever `batch_size` envs finished first, so an actor can pick
+    actions for one batch while the emulator threads step the others.
+    """
 
     def __init__(self, env: gym.vector.VectorEnv, obs_dtype: np.dtype) -> None:
         self._env = env
         self.num_envs = env.num_envs
         self.num_actions = int(env.single_action_space.n)
+        self.batch_size = int(getattr(env, "batch_size", 0) or env.num_envs)
         self._dtype = obs_dtype
-        # ALE's vector env steps in C++ threads between send() and recv(), without the GIL:
-        # an actor can run inference for another group of envs meanwhile.
+        # ALE's vector env steps in C++ threads between send() and recv(), without the GIL.
         self._async = hasattr(env, "send") and hasattr(env, "recv")
         self._actions: np.ndarray | None = None
+        self._all = np.arange(self.num_envs)
+        self._fresh = np.ones(self.num_envs, dtype=bool)  # reset obs not yet returned
 
     def send(self, actions: np.ndarray) -> None:
+        """Actions for the envs of the last `start`/`recv`, in the same order."""
         if self._async:
             self._env.send(actions)
         else:
@@ -131,9 +143,20 @@ class VecEnv:
         actions, self._actions = self._actions, None
         return self.step(actions)
 
+    def start(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """Reset every env; return the ids and observations of the first batch (the rest
+        arrive from `recv` as `fresh` rows)."""
+        obs, info = self._env.reset(seed=seed)
+        ids = np.asarray(info.get("env_id", self._all), dtype=np.int64)
+        self._fresh[:] = True
+        self._fresh[ids] = False
+        return ids, np.asarray(obs, dtype=self._dtype)
+
     def reset(self, seed: int) -> np.ndarray:
-        obs, _ = self._env.reset(seed=seed)
-        return np.asarray(obs, dtype=self._dtype)
+        """Reset a lockstep vector: observations of all envs, in order."""
+        ids, obs = self.start(seed)
+        assert len(ids) == self.num_envs, "reset() of a batched vector; use start()"
+        return obs
 
     def step(self, actions: np.ndarray) -> Step:
         return self._to_step(*self._env.step(actions))
@@ -141,6 +164,15 @@ class VecEnv:
     def _to_step(self, obs: np.ndarray, rewards: np.ndarray, terminated: np.ndarray,
                  truncated: np.ndarray, info: dict) -> Step:
         obs = np.asarray(obs, dtype=self._dtype)
+        terminated = np.asarray(terminated, dtype=bool)
+        truncated = np.asarray(truncated, dtype=bool)
+        ids = self._all
+        fresh = None
+        if self.batch_size < self.num_envs:
+            ids = np.asarray(info["env_id"], dtype=np.int64)
+            if self._fresh[ids].any():
+                fresh = self._fresh[ids].copy()
+                self._fresh[ids] = False
         done = terminated | truncated
         next_obs = obs
         if done.any():
@@ -148,15 +180,17 @@ class VecEnv:
             final = info["final_obs"]
             for i in np.flatnonzero(done):
                 next_obs[i] = final[i]
-        return Step(obs, next_obs, np.asarray(rewards, dtype=np.float32),
-                    np.asarray(terminated, dtype=bool), np.asarray(truncated, dtype=bool))
+        return Step(obs, next_obs, np.asarray(rewards, dtype=np.float32), terminated,
+                    truncated, ids, fresh)
 
     def close(self) -> None:
         self._env.close()
 
 
-def make_vec_env(cfg: EnvConfig, num_envs: int, seed: int, num_threads: int = 0) -> VecEnv:
-    """Build `num_envs` copies of `cfg.id` for one actor (or the evaluator)."""
+def make_vec_env(cfg: EnvConfig, num_envs: int, seed: int, num_threads: int = 0,
+                 batch_size: int = 0) -> VecEnv:
+    """Build `num_envs` copies of `cfg.id` for one actor (or the evaluator). `batch_size`
+    (ALE only) below `num_envs` makes the vector batched, see `VecEnv`."""
     if is_atari(cfg.id):
         from ale_py.vector_env import AtariVectorEnv
 
@@ -167,6 +201,7 @@ def make_vec_env(cfg: EnvConfig, num_envs: int, seed: int, num_threads: int = 0)
         env = AtariVectorEnv(
             _ale_game(cfg.id),
             num_envs,
+            batch_size=batch_size if 0 < batch_size < num_envs else 0,
             num_threads=num_threads or cfg.env_threads or min(num_envs, 2),
             repeat_action_probability=sticky,
             max_num_frames_per_episode=max_frames,

@@ -6,6 +6,9 @@ stored at a quarter of the float size.
 
 from __future__ import annotations
 
+import copy
+import time
+
 import numpy as np
 import torch
 from torch import nn
@@ -54,9 +57,17 @@ class QNetwork(nn.Module):
         self.torso = torso
         self.head = head
         self.scale_uint8 = scale_uint8
+        self.compute_dtype = torch.float32
+
+    def cast(self, dtype: torch.dtype) -> QNetwork:
+        """Parameters and inputs in `dtype`: a bfloat16 acting copy costs a CPU with
+        bfloat16 instructions well under half the time per observation."""
+        self.to(dtype)
+        self.compute_dtype = dtype
+        return self
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        x = obs.float()
+        x = obs.to(self.compute_dtype)
         if self.scale_uint8:
             x = x * (1.0 / 255.0)
         return self.head(self.torso(x))
@@ -79,3 +90,19 @@ def build_q_network(cfg: NetworkConfig, spec: EnvSpec) -> QNetwork:
     head: nn.Module = (DuelingHead(width, spec.num_actions) if cfg.dueling
                        else nn.Linear(width, spec.num_actions))
     return QNetwork(torso, head, scale_uint8=spec.obs_dtype == np.uint8)
+
+
+def faster_dtype(net: QNetwork, obs: torch.Tensor, rounds: int = 5) -> torch.dtype:
+    """float32 or bfloat16, whichever runs `net` on `obs` faster on this CPU, measured in
+    alternating rounds (bfloat16 wins only where the CPU has bfloat16 instructions)."""
+    models = {torch.float32: net, torch.bfloat16: copy.deepcopy(net).cast(torch.bfloat16)}
+    best = dict.fromkeys(models, float("inf"))
+    with torch.inference_mode():
+        for model in models.values():
+            model(obs)  # first call: allocator and kernel selection
+        for _ in range(rounds):
+            for dtype, model in models.items():
+                start = time.perf_counter()
+                model(obs)
+                best[dtype] = min(best[dtype], time.perf_counter() - start)
+    return min(best, key=best.__getitem__)

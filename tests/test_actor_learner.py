@@ -123,3 +123,27 @@ def test_a_resumed_learner_refills_its_replay_before_throttling():
     resumed = Learner(config, spec)
     resumed.load_state_dict(state)  # counters back, replay empty
     assert resumed.accepts(16)
+
+
+def test_a_bfloat16_acting_copy_tracks_the_float32_network():
+    """The actors may act with a bfloat16 copy: it loads the learner's float32 weights and
+    ranks actions like them; the learner's network stays float32."""
+    from qfleet.networks import build_q_network, faster_dtype
+
+    config, spec = make(["env.id=ALE/Pong-v5", "actors.envs_per_actor=4",
+                         "actors.inference_dtype=bfloat16"])
+    actor = Actor(config, spec, actor_index=0, seed=1)
+    assert actor.net.compute_dtype == torch.bfloat16
+    assert {p.dtype for p in actor.net.parameters()} == {torch.bfloat16}
+    torch.manual_seed(0)
+    full = build_q_network(config.network, spec).eval()
+    actor.set_weights(1, full.state_dict())
+    frames = np.random.default_rng(0).integers(0, 255, (16, *spec.obs_shape), dtype=np.uint8)
+    x = torch.from_numpy(frames)
+    with torch.inference_mode():
+        q32, q16 = full(x), actor.net(x).float()
+    assert torch.allclose(q16, q32, atol=0.05 * q32.abs().max().item())
+    assert faster_dtype(full, x) in (torch.float32, torch.bfloat16)
+    chunk = actor.collect(8)
+    assert chunk.env_steps == 32 and len(chunk.transitions) > 0
+    actor.close()

@@ -84,19 +84,23 @@ def test_atari_transition_fits_in_8_kib():
     assert replay_bytes_per_item((4, 84, 84), np.dtype(np.uint8), True, True) <= 8192
 
 
-def test_grouped_atari_actor_sends_frames_that_rebuild_its_observations():
+def test_batched_atari_actor_sends_frames_that_rebuild_its_observations():
     from qfleet.actors.actor import Actor
     from qfleet.config import load_config
     from qfleet.envs import env_spec
     from qfleet.learner.replay import make_replay
 
     common = ["env.id=ALE/Breakout-v5", "env.max_episode_steps=30", "stop.env_steps=1",
-              "actors.envs_per_actor=4", "actors.env_groups=2", "learner.n_step=3"]
+              "actors.envs_per_actor=4", "actors.env_groups=2", "learner.n_step=3",
+              "actors.inference_dtype=float32"]  # both actors act alike
     dense_cfg = load_config(None, [*common, "replay.kind=none"])
     ref_cfg = load_config(None, [*common, "replay.kind=uniform"])
     spec = env_spec(ref_cfg.env)
-    dense, compact = Actor(dense_cfg, spec, 0, seed=5), Actor(ref_cfg, spec, 0, seed=5)
-    compact.set_weights(1, dense.net.state_dict())
+    actors = []
+    for cfg in (dense_cfg, ref_cfg):
+        torch.manual_seed(0)  # the same network picks the first actions, sent at start
+        actors.append(Actor(cfg, spec, 0, seed=5))
+    dense, compact = actors
     replay = make_replay("uniform", 1000, spec.obs_shape, spec.obs_dtype, torch.device("cpu"),
                          frame_refs=True, num_streams=4, window=64)
     total = 0
@@ -111,3 +115,46 @@ def test_grouped_atari_actor_sends_frames_that_rebuild_its_observations():
         total += len(c.transitions)
     dense.close()
     compact.close()
+
+
+def _by_stream(chunks) -> dict[int, list[tuple]]:
+    """Each env's transitions, in the order the adder emitted them."""
+    out: dict[int, list[tuple]] = {}
+    for c in chunks:
+        t = c.transitions
+        for i in range(len(t)):
+            row = (*t.obs[i].tolist(), int(t.action[i]), round(float(t.reward[i]), 5),
+                   float(t.discount[i]), *t.next_obs[i].tolist())
+            out.setdefault(int(t.obs[i, 0]), []).append(row)
+    return out
+
+
+def test_batched_and_lockstep_atari_actors_make_the_same_transitions():
+    """Greedy actors on the same seeds: the batched vector must give every env the same
+    transitions, frame references included, as stepping all envs in lockstep."""
+    from qfleet.actors.actor import Actor
+    from qfleet.config import load_config
+    from qfleet.envs import env_spec
+
+    common = ["env.id=ALE/Breakout-v5", "env.max_episode_steps=20", "stop.env_steps=1",
+              "actors.envs_per_actor=4", "learner.n_step=3", "replay.kind=uniform",
+              "actors.inference_dtype=float32", "actors.epsilon=linear",
+              "actors.epsilon_start=0", "actors.epsilon_end=0"]
+    lock_cfg = load_config(None, [*common, "actors.env_groups=1"])
+    batch_cfg = load_config(None, [*common, "actors.env_groups=2"])
+    spec = env_spec(lock_cfg.env)
+    actors = []
+    for cfg in (lock_cfg, batch_cfg):
+        torch.manual_seed(0)  # the same network picks the first actions, sent at start
+        actors.append(Actor(cfg, spec, 0, seed=3))
+    lock, batched = actors
+    assert batched.envs.batch_size == 2 and lock.envs.batch_size == 4
+    want = _by_stream([lock.collect(10) for _ in range(4)])
+    got = _by_stream([batched.collect(10) for _ in range(4)])
+    lock.close()
+    batched.close()
+    assert sorted(want) == sorted(got) == [0, 1, 2, 3]
+    for stream, rows in want.items():
+        common_len = min(len(rows), len(got[stream]))
+        assert common_len >= 20
+        assert rows[:common_len] == got[stream][:common_len]

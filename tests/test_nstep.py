@@ -79,3 +79,38 @@ def test_envs_of_a_vector_are_independent():
                     np.array([False, False]), obs + 2)
     assert out.obs[:, 0].tolist() == [0.0]
     assert out.reward.tolist() == pytest.approx([1 + 0.5 * 2])
+
+
+def _rows(out):
+    if out is None:
+        return []
+    reward = np.round(out.reward, 5).tolist()  # matmuls of other shapes round differently
+    return sorted(zip(out.obs[:, 0].tolist(), out.action.tolist(), reward,
+                      out.discount.tolist(), out.next_obs[:, 0].tolist(), strict=True))
+
+
+def test_envs_stepped_in_batches_give_the_lockstep_transitions():
+    """A batched vector steps any subset of envs at a time: each env's transitions must be
+    what lockstep gives, whatever the batches."""
+    num_envs, steps, n = 5, 12, 3
+    rng = np.random.default_rng(0)
+    obs = rng.integers(0, 1000, (steps + 1, num_envs)).astype(np.float32)
+    rew = rng.normal(size=(steps, num_envs)).astype(np.float32)
+    term = rng.random((steps, num_envs)) < 0.15
+    trunc = ~term & (rng.random((steps, num_envs)) < 0.1)
+    lockstep = NStepAdder(num_envs, n, G, (1,), np.dtype(np.float32))
+    batched = NStepAdder(num_envs, n, G, (1,), np.dtype(np.float32))
+    want, got = [], []
+    for t in range(steps):
+        want += _rows(lockstep.add(obs[t, :, None], obs[t].astype(np.int64), rew[t], term[t],
+                                   trunc[t], obs[t + 1, :, None]))
+    clock = np.zeros(num_envs, dtype=np.int64)
+    while (clock < steps).any():  # random batches of the envs still running, any order
+        live = np.flatnonzero(clock < steps)
+        ids = rng.permutation(live)[:rng.integers(1, len(live) + 1)]
+        t = clock[ids]
+        got += _rows(batched.add(obs[t, ids, None], obs[t, ids].astype(np.int64), rew[t, ids],
+                                 term[t, ids], trunc[t, ids], obs[t + 1, ids, None], envs=ids))
+        clock[ids] += 1
+    assert len(want) > 20
+    assert sorted(got) == sorted(want)

@@ -1,11 +1,12 @@
-"""The Actor: vectors of envs, a CPU copy of the Q-network, ε-greedy, the n-step adder.
+"""The Actor: a vector of envs, a CPU copy of the Q-network, ε-greedy, the n-step adder.
 
 Plain Python, no Ray: `collect()` steps the envs and returns a `Chunk`; the Ray wrapper
 (`qfleet.remote`) decides when to send it and when to swap in new weights.
 
-The envs are split into groups that take turns (EnvPool-style): while the emulator
-threads step one group, the Q-network chooses the next actions of another, so inference
-overlaps emulation instead of adding to it.
+Atari envs run as a batched ALE vector (EnvPool-style): the emulator thread steps some
+envs while the Q-network picks the next actions of the batch that just returned, so
+inference overlaps emulation instead of adding to it, and emulation goes on while a chunk
+is being sent.
 """
 
 from __future__ import annotations
@@ -17,33 +18,14 @@ from qfleet.actors.epsilon import fleet_epsilons
 from qfleet.actors.frames import FrameStreams
 from qfleet.actors.nstep import NStepAdder
 from qfleet.config import Config
-from qfleet.envs import EnvSpec, Step, VecEnv, clip_rewards_default, make_vec_env
-from qfleet.networks import build_q_network
+from qfleet.envs import EnvSpec, Step, clip_rewards_default, make_vec_env
+from qfleet.networks import build_q_network, faster_dtype
 from qfleet.transitions import Chunk, Episode, Transitions, uses_frame_refs
 
 
-class _Group:
-    """A slice of the actor's envs with its own adder and frame streams."""
-
-    def __init__(self, config: Config, spec: EnvSpec, first_env: int, envs: VecEnv,
-                 seed: int, frame_refs: bool) -> None:
-        self.envs, self.first = envs, first_env
-        n = envs.num_envs
-        self.obs = envs.reset(seed=seed)
-        self.streams: FrameStreams | None = None
-        self.refs: np.ndarray | None = None
-        if frame_refs:
-            self.streams = FrameStreams(first_env, n, spec.obs_shape[0])
-            self.refs = self.streams.reset(self.obs)
-            ref_shape, ref_dtype = (3,), np.dtype(np.int64)
-        else:
-            ref_shape, ref_dtype = spec.obs_shape, spec.obs_dtype
-        # The adder carries observations, or frame references, without looking inside.
-        self.adder = NStepAdder(n, config.learner.n_step, config.learner.gamma, ref_shape,
-                                ref_dtype)
-        self.ep_return = np.zeros(n, dtype=np.float64)
-        self.ep_length = np.zeros(n, dtype=np.int64)
-        self.actions = np.zeros(n, dtype=np.int64)
+def _rows(step: Step, rows: np.ndarray) -> Step:
+    return Step(step.obs[rows], step.next_obs[rows], step.rewards[rows],
+                step.terminated[rows], step.truncated[rows], step.env_ids[rows])
 
 
 class Actor:
@@ -51,26 +33,48 @@ class Actor:
         torch.set_num_threads(1)  # one core per actor; intra-op threads only contend
         self.config, self.index = config, actor_index
         a = config.actors
-        e = a.envs_per_actor
-        groups = a.env_groups or (2 if spec.is_atari and e >= 2 else 1)
-        groups = max(1, min(groups, e))
-        threads = max(1, (config.env.env_threads or 2) // groups)
-        sizes = [e // groups + (1 if g < e % groups else 0) for g in range(groups)]
-        frame_refs = uses_frame_refs(config, spec)
-        self.groups: list[_Group] = []
-        first = actor_index * e
-        for g, size in enumerate(sizes):
-            envs = make_vec_env(config.env, size, seed + 7 * g, num_threads=threads)
-            self.groups.append(_Group(config, spec, first, envs, seed + 7 * g, frame_refs))
-            first += size
-        self.num_envs = e
-        self.num_actions = self.groups[0].envs.num_actions
-        self.net = build_q_network(config.network, spec).eval()
-        self.net.requires_grad_(False)
-        self.version = 0
+        e = self.num_envs = a.envs_per_actor
+        batches = a.env_groups or (2 if spec.is_atari and e >= 2 else 1)
+        batch = e // max(1, min(batches, e)) if spec.is_atari else 0
+        batched = 0 < batch < e
+        # Batched: one emulator thread beside the inference thread fills the actor's core
+        # best (2 threads contend with inference and lose ~10 %, measured on 2 cores).
+        self.emulator_threads = config.env.env_threads or (1 if batched else 2)
+        self.envs = make_vec_env(config.env, e, seed, num_threads=self.emulator_threads,
+                                 batch_size=batch)
+        self.num_actions = self.envs.num_actions
+        self.streams: FrameStreams | None = None
+        if uses_frame_refs(config, spec):
+            self.streams = FrameStreams(actor_index * e, e, spec.obs_shape[0])
+            held_shape, held_dtype = (3,), np.dtype(np.int64)
+        else:
+            held_shape, held_dtype = spec.obs_shape, spec.obs_dtype
+        # What the adder records for each env's current observation: the observation
+        # itself, or its frame reference.
+        self.held = np.zeros((e, *held_shape), dtype=held_dtype)
+        self.adder = NStepAdder(e, config.learner.n_step, config.learner.gamma, held_shape,
+                                held_dtype)
+        self.actions = np.zeros(e, dtype=np.int64)
+        self.ep_return = np.zeros(e, dtype=np.float64)
+        self.ep_length = np.zeros(e, dtype=np.int64)
         self.epsilons = fleet_epsilons(a, actor_index)
         self.clip = clip_rewards_default(config.env)
         self.rng = np.random.default_rng(seed)
+        self.net = build_q_network(config.network, spec).eval()
+        self.net.requires_grad_(False)
+        self.version = 0
+        ids, obs = self.envs.start(seed)
+        self._begin(ids, obs)
+        self.net.cast(self._acting_dtype(spec, obs))
+        self._act(ids, obs)
+
+    def _acting_dtype(self, spec: EnvSpec, sample: np.ndarray) -> torch.dtype:
+        chosen = self.config.actors.inference_dtype
+        if chosen == "auto":
+            if len(spec.obs_shape) != 3:  # small MLPs: the casts cost more than they save
+                return torch.float32
+            return faster_dtype(self.net, torch.from_numpy(sample))
+        return torch.bfloat16 if chosen == "bfloat16" else torch.float32
 
     def set_weights(self, version: int, state: dict[str, torch.Tensor]) -> None:
         self.net.load_state_dict(state)
@@ -94,69 +98,64 @@ class Actor:
                 actions[greedy] = self.net(x).argmax(dim=1).numpy()
         return actions
 
-    def _send(self, g: _Group) -> None:
-        eps = self.epsilons[g.first - self.index * self.num_envs:][:g.envs.num_envs]
-        g.actions = self.select_action(g.obs, eps)
-        g.envs.send(g.actions)
+    def _begin(self, ids: np.ndarray, obs: np.ndarray) -> None:
+        """Envs on their first reset observation: nothing to record yet."""
+        self.held[ids] = obs if self.streams is None else self.streams.reset(obs, ids)
 
-    def _record(self, g: _Group, step: Step, parts: list[Transitions],
-                episodes: list[Episode]) -> None:
+    def _act(self, ids: np.ndarray, obs: np.ndarray) -> None:
+        actions = self.select_action(obs, self.epsilons[ids])
+        self.actions[ids] = actions
+        self.envs.send(actions)
+
+    def _record(self, step: Step, parts: list[Transitions], episodes: list[Episode]) -> int:
+        """Feed one returned batch to the adder; return the env steps it held."""
+        if step.fresh is not None:
+            self._begin(step.env_ids[step.fresh], step.obs[step.fresh])
+            step = _rows(step, np.flatnonzero(~step.fresh))
+            if not len(step.env_ids):
+                return 0
+        ids = step.env_ids
         rewards = np.clip(step.rewards, -1.0, 1.0) if self.clip else step.rewards
         done = step.terminated | step.truncated
-        if g.streams is not None:
-            next_refs, refs = g.streams.step(step.obs, step.next_obs, done)
-            out = g.adder.add(g.refs, g.actions, rewards, step.terminated, step.truncated,
-                              next_refs)
-            g.refs = refs
+        if self.streams is not None:
+            next_held, held = self.streams.step(step.obs, step.next_obs, done, ids)
         else:
-            out = g.adder.add(g.obs, g.actions, rewards, step.terminated, step.truncated,
-                              step.next_obs)
+            next_held, held = step.next_obs, step.obs
+        out = self.adder.add(self.held[ids], self.actions[ids], rewards, step.terminated,
+                             step.truncated, next_held, ids)
+        self.held[ids] = held
         if out is not None:
             parts.append(out)
-        g.ep_return += step.rewards
-        g.ep_length += 1
-        for e in np.flatnonzero(done):
-            episodes.append(Episode(float(g.ep_return[e]), int(g.ep_length[e]),
-                                    bool(step.terminated[e])))
-            g.ep_return[e] = 0.0
-            g.ep_length[e] = 0
-        g.obs = step.obs
+        self.ep_return[ids] += step.rewards
+        self.ep_length[ids] += 1
+        for row in np.flatnonzero(done):
+            e = ids[row]
+            episodes.append(Episode(float(self.ep_return[e]), int(self.ep_length[e]),
+                                    bool(step.terminated[row])))
+            self.ep_return[e] = 0.0
+            self.ep_length[e] = 0
+        return len(ids)
 
     def collect(self, steps: int) -> Chunk:
-        """Step every env `steps` times; return the completed transitions and episodes."""
+        """Step the envs `steps` times each (on average when batched); return the completed
+        transitions and episodes. Actions for the next steps are already sent on return."""
         parts: list[Transitions] = []
         episodes: list[Episode] = []
-        groups = self.groups
-        if len(groups) == 1:
-            g = groups[0]
-            for _ in range(steps):
-                self._send(g)
-                self._record(g, g.envs.recv(), parts, episodes)
-        else:
-            total = steps * len(groups)
-            self._send(groups[0])
-            for t in range(total):
-                if t + 1 < total:  # the next group's actions go out before this one returns
-                    self._send(groups[(t + 1) % len(groups)])
-                g = groups[t % len(groups)]
-                self._record(g, g.envs.recv(), parts, episodes)
+        target, env_steps = steps * self.num_envs, 0
+        while env_steps < target:
+            step = self.envs.recv()
+            env_steps += self._record(step, parts, episodes)
+            self._act(step.env_ids, step.obs)
         transitions = Transitions.concat(parts) if parts else self._empty()
-        frames = None
-        if groups[0].streams is not None:
-            drained = [g.streams.drain() for g in groups if g.streams is not None]
-            frames = type(drained[0])(*(np.concatenate(col) for col in zip(*drained,
-                                                                            strict=True)))
-        return Chunk(transitions, self.index, self.version, steps * self.num_envs,
-                     episodes, float(np.mean(self.epsilons)), frames)
+        frames = self.streams.drain() if self.streams is not None else None
+        return Chunk(transitions, self.index, self.version, env_steps, episodes,
+                     float(np.mean(self.epsilons)), frames)
 
     def _empty(self) -> Transitions:
-        g = self.groups[0]
-        example = g.refs if g.refs is not None else g.obs
-        shape = (0, *example.shape[1:])
-        return Transitions(np.empty(shape, example.dtype), np.empty(0, np.int64),
+        shape = (0, *self.held.shape[1:])
+        return Transitions(np.empty(shape, self.held.dtype), np.empty(0, np.int64),
                            np.empty(0, np.float32), np.empty(0, np.float32),
-                           np.empty(shape, example.dtype))
+                           np.empty(shape, self.held.dtype))
 
     def close(self) -> None:
-        for g in self.groups:
-            g.envs.close()
+        self.envs.close()

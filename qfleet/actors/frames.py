@@ -21,6 +21,7 @@ class FrameStreams:
         self.stream = np.arange(first_stream, first_stream + num_envs, dtype=np.int64)
         self.seq = np.full(num_envs, -1, dtype=np.int64)  # newest frame of the current obs
         self.start = np.zeros(num_envs, dtype=np.int64)  # first frame of the episode
+        self._all = np.arange(num_envs)
         self._frames: list[np.ndarray] = []
         self._streams: list[np.ndarray] = []
         self._seqs: list[np.ndarray] = []
@@ -37,23 +38,25 @@ class FrameStreams:
         depth = np.minimum(self.seq[envs] - self.start[envs] + 1, self.stack)
         return np.stack([self.stream[envs], self.seq[envs], depth], axis=1)
 
-    def reset(self, obs: np.ndarray) -> np.ndarray:
-        envs = np.arange(len(self.seq))
+    def reset(self, obs: np.ndarray, envs: np.ndarray | None = None) -> np.ndarray:
+        """Start `envs` (default: all) on their reset observations; return their refs."""
+        envs = self._all if envs is None else envs
         self._record(envs, obs[:, -1].copy())
-        self.start[:] = self.seq
-        return self.refs()
+        self.start[envs] = self.seq[envs]
+        return self.refs(envs)
 
-    def step(self, obs: np.ndarray, next_obs: np.ndarray, done: np.ndarray
-             ) -> tuple[np.ndarray, np.ndarray]:
-        """Record one vector step; return refs of the true next obs and of the obs to act on."""
-        envs = np.arange(len(self.seq))
+    def step(self, obs: np.ndarray, next_obs: np.ndarray, done: np.ndarray,
+             envs: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Record one step of `envs` (default: all); return refs of the true next obs and
+        of the obs to act on."""
+        envs = self._all if envs is None else envs
         self._record(envs, next_obs[:, -1].copy())
-        next_refs = self.refs()
+        next_refs = self.refs(envs)
         ended = np.flatnonzero(done)
         if ended.size:  # the reset observation starts a new episode in the same stream
-            self._record(ended, obs[ended, -1].copy())
-            self.start[ended] = self.seq[ended]
-        return next_refs, self.refs()
+            self._record(envs[ended], obs[ended, -1].copy())
+            self.start[envs[ended]] = self.seq[envs[ended]]
+        return next_refs, self.refs(envs)
 
     def drain(self) -> Frames:
         """Frames recorded since the last drain, in recording order."""
