@@ -84,23 +84,30 @@ def test_atari_transition_fits_in_8_kib():
     assert replay_bytes_per_item((4, 84, 84), np.dtype(np.uint8), True, True) <= 8192
 
 
-def test_batched_atari_actor_sends_frames_that_rebuild_its_observations():
+def _twin_actors(common: list[str], first: list[str], second: list[str], seed: int):
+    """Two Breakout actors alike but for `first`/`second`: same seeds, same float32
+    network (it picks the first actions, sent at start)."""
     from qfleet.actors.actor import Actor
     from qfleet.config import load_config
     from qfleet.envs import env_spec
+
+    actors = []
+    for extra in (first, second):
+        cfg = load_config(None, ["env.id=ALE/Breakout-v5", "stop.env_steps=1",
+                                 "actors.envs_per_actor=4", "learner.n_step=3",
+                                 "actors.inference_dtype=float32", *common, *extra])
+        torch.manual_seed(0)
+        actors.append(Actor(cfg, env_spec(cfg.env), 0, seed=seed))
+    return actors
+
+
+def test_batched_atari_actor_sends_frames_that_rebuild_its_observations():
+    from qfleet.envs import env_spec
     from qfleet.learner.replay import make_replay
 
-    common = ["env.id=ALE/Breakout-v5", "env.max_episode_steps=30", "stop.env_steps=1",
-              "actors.envs_per_actor=4", "actors.env_groups=2", "learner.n_step=3",
-              "actors.inference_dtype=float32"]  # both actors act alike
-    dense_cfg = load_config(None, [*common, "replay.kind=none"])
-    ref_cfg = load_config(None, [*common, "replay.kind=uniform"])
-    spec = env_spec(ref_cfg.env)
-    actors = []
-    for cfg in (dense_cfg, ref_cfg):
-        torch.manual_seed(0)  # the same network picks the first actions, sent at start
-        actors.append(Actor(cfg, spec, 0, seed=5))
-    dense, compact = actors
+    dense, compact = _twin_actors(["env.max_episode_steps=30", "actors.env_groups=2"],
+                                  ["replay.kind=none"], ["replay.kind=uniform"], seed=5)
+    spec = env_spec(compact.config.env)
     replay = make_replay("uniform", 1000, spec.obs_shape, spec.obs_dtype, torch.device("cpu"),
                          frame_refs=True, num_streams=4, window=64)
     total = 0
@@ -132,22 +139,10 @@ def _by_stream(chunks) -> dict[int, list[tuple]]:
 def test_batched_and_lockstep_atari_actors_make_the_same_transitions():
     """Greedy actors on the same seeds: the batched vector must give every env the same
     transitions, frame references included, as stepping all envs in lockstep."""
-    from qfleet.actors.actor import Actor
-    from qfleet.config import load_config
-    from qfleet.envs import env_spec
-
-    common = ["env.id=ALE/Breakout-v5", "env.max_episode_steps=20", "stop.env_steps=1",
-              "actors.envs_per_actor=4", "learner.n_step=3", "replay.kind=uniform",
-              "actors.inference_dtype=float32", "actors.epsilon=linear",
+    greedy = ["env.max_episode_steps=20", "replay.kind=uniform", "actors.epsilon=linear",
               "actors.epsilon_start=0", "actors.epsilon_end=0"]
-    lock_cfg = load_config(None, [*common, "actors.env_groups=1"])
-    batch_cfg = load_config(None, [*common, "actors.env_groups=2"])
-    spec = env_spec(lock_cfg.env)
-    actors = []
-    for cfg in (lock_cfg, batch_cfg):
-        torch.manual_seed(0)  # the same network picks the first actions, sent at start
-        actors.append(Actor(cfg, spec, 0, seed=3))
-    lock, batched = actors
+    lock, batched = _twin_actors(greedy, ["actors.env_groups=1"], ["actors.env_groups=2"],
+                                 seed=3)
     assert batched.envs.batch_size == 2 and lock.envs.batch_size == 4
     want = _by_stream([lock.collect(10) for _ in range(4)])
     got = _by_stream([batched.collect(10) for _ in range(4)])
