@@ -132,7 +132,7 @@ def bench_learner(seconds: float, batch_size: int = 32, device: str = "auto",
     """Learner.step (sampling, priorities, target sync, publishing) vs a bare torch loop."""
     from qfleet.actors.actor import Actor
     from qfleet.envs import env_spec
-    from qfleet.learner.learner import Learner, pick_device
+    from qfleet.learner.learner import Learner, make_adam, pick_device
     from qfleet.learner.loss import dqn_loss
 
     dev = pick_device(device)
@@ -153,8 +153,7 @@ def bench_learner(seconds: float, batch_size: int = 32, device: str = "auto",
     # The bare loop: the same network, loss, clipping and Adam on one fixed batch.
     online = copy.deepcopy(learner.online)
     target = copy.deepcopy(learner.target)
-    opt = torch.optim.Adam(online.parameters(), lr=1e-4, eps=1.5e-4,
-                           **({"fused": True} if dev.type == "cuda" else {"foreach": True}))
+    opt = make_adam(online.parameters(), 1e-4, 1.5e-4, dev)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
     def bare_update(k: int = 10) -> int:

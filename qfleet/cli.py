@@ -39,11 +39,16 @@ def _default_run_dir(config: Config) -> Path:
     return Path("runs") / f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
+def _is_local(address: str | None) -> bool:
+    """No cluster named (`--address` or `RAY_ADDRESS`): the run starts its own local Ray."""
+    return not (address or os.environ.get("RAY_ADDRESS"))
+
+
 def _local_token_auth(address: str | None) -> None:
     """A local Ray with token auth said explicitly (Ray 2.60 turns it on for local clusters
     anyway, then warns that it did). Must run before `ray` is imported: Ray reads the mode
     once, and the driver and the cluster it starts must agree."""
-    if not (address or os.environ.get("RAY_ADDRESS")):
+    if _is_local(address):
         os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
@@ -83,7 +88,7 @@ def _prepare_train(args: list[str], run_dir: str | None, resume: str | None,
     net = _build_network(config, spec)
     if resume_state is not None:
         _check_compatible(resume_state, config, net)
-    if not (address or os.environ.get("RAY_ADDRESS")):
+    if _is_local(address):
         # A local run: the machine's cores and the learner's memory are knowable now.
         cores = os.cpu_count() or 1
         if config.actors.num_cpus > cores:

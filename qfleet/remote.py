@@ -175,8 +175,7 @@ class LearnerWorker:
             return self.learner.replay_state()
 
     async def replay_bytes(self) -> int:
-        replay = self.learner.replay
-        return replay.nbytes() if hasattr(replay, "nbytes") else 0
+        return self.learner.replay.nbytes()
 
     async def placement(self) -> tuple[str, str]:
         """The learner's device and Ray node: the driver puts the evaluator beside it."""

@@ -85,11 +85,10 @@ class Actor:
         if self.config.actors.epsilon == "linear":
             self.epsilons = fleet_epsilons(self.config.actors, self.index, fleet_step)
 
-    def select_action(self, obs: np.ndarray, epsilons: np.ndarray | None = None) -> np.ndarray:
+    def select_action(self, obs: np.ndarray, epsilons: np.ndarray) -> np.ndarray:
         """ε-greedy over the batch; the network runs only for the envs acting greedily."""
-        eps = self.epsilons if epsilons is None else epsilons
         n = len(obs)
-        explore = self.rng.random(n) < eps
+        explore = self.rng.random(n) < epsilons
         actions = self.rng.integers(0, self.num_actions, size=n)
         greedy = np.flatnonzero(~explore)
         if greedy.size:

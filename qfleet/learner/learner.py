@@ -54,6 +54,12 @@ def check_replay_fits(config: Config, spec: EnvSpec, device: torch.device) -> No
             f"but the learner's {device.type} has {free / 2**30:.1f} GiB free")
 
 
+def make_adam(params: Any, lr: float, eps: float, device: torch.device) -> torch.optim.Adam:
+    """Multi-tensor Adam on CPU, fused kernels on GPU: one launch per step, not per tensor."""
+    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    return torch.optim.Adam(params, lr=lr, eps=eps, **fast)
+
+
 def frame_window(chunk_steps: int, n_step: int, stack: int) -> int:
     """Frames per stream the learner must still resolve: a chunk's own (two per step at
     worst, with resets) plus the n-step and stack look-back; a power of two for cheap mod."""
@@ -70,10 +76,7 @@ class Learner:
         self.online = build_q_network(config.network, spec).to(self.device)
         self.target = (self.online if lc.target_update == "none"
                        else copy.deepcopy(self.online).requires_grad_(False))
-        # Multi-tensor Adam on CPU, fused kernels on GPU: one launch per step, not per tensor.
-        fast = {"fused": True} if self.device.type == "cuda" else {"foreach": True}
-        self.optimizer = torch.optim.Adam(self.online.parameters(), lr=lc.lr, eps=lc.adam_eps,
-                                          **fast)
+        self.optimizer = make_adam(self.online.parameters(), lc.lr, lc.adam_eps, self.device)
         rc, a = config.replay, config.actors
         self.replay = make_replay(
             rc.kind, rc.capacity, spec.obs_shape, spec.obs_dtype, self.device,
@@ -169,8 +172,7 @@ class Learner:
         self.optimizer.step()
         self.replay.update_priorities(keys, extras["td_abs"])
         self.updates += 1
-        if hasattr(self.replay, "sampler"):
-            self.replay.sampler.step(self.updates)
+        self.replay.anneal(self.updates)
         self._sync_target()
         self._loss_sum += loss.detach()
         self._q_sum += extras["mean_q"]

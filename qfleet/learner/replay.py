@@ -193,14 +193,17 @@ class ReplayBuffer:
             # Rare: a stack whose frames were recycled. Never sample it again, and swap in
             # the newest transitions, whose frames are certainly there. Branch-free, so a
             # GPU learner never waits for the check.
-            if isinstance(self.sampler, PrioritizedSampler):
-                self.sampler.invalidate(keys, keep=ok)
+            self.sampler.invalidate(keys, keep=ok)
             newest = (self._next - 1 - torch.arange(n, device=self.device)) % self.capacity
             keys = torch.where(ok, keys, newest)
         return self.storage.gather(keys), keys, weights
 
     def update_priorities(self, keys: torch.Tensor, td_abs: torch.Tensor) -> None:
         self.sampler.update(keys, td_abs)
+
+    def anneal(self, updates: int) -> None:
+        """Advance the sampler's schedule (prioritized replay's β) to `updates`."""
+        self.sampler.step(updates)
 
     def nbytes(self) -> int:
         """Device bytes held by storage and sampler (the sum tree included)."""
@@ -295,6 +298,13 @@ class StreamBuffer:
 
     def update_priorities(self, keys: torch.Tensor, td_abs: torch.Tensor) -> None:
         """A stream has nothing to re-prioritize."""
+
+    def anneal(self, updates: int) -> None:
+        """A stream has no sampling schedule."""
+
+    def nbytes(self) -> int:
+        """A stream preallocates nothing on the device."""
+        return 0
 
 
 def make_replay(kind: str, capacity: int, obs_shape: tuple[int, ...], obs_dtype: np.dtype,

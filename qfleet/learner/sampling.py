@@ -68,6 +68,9 @@ class UniformSampler:
     def step(self, updates: int) -> None:
         """Nothing to anneal."""
 
+    def invalidate(self, slots: torch.Tensor, keep: torch.Tensor) -> None:
+        """Uniform sampling has no priorities to zero; the buffer swaps the slots out."""
+
 
 class PrioritizedSampler:
     def __init__(self, capacity: int, device: torch.device | str = "cpu", *, alpha: float = 0.6,
