@@ -1,7 +1,8 @@
 """The `qfleet` command: train, evaluate, bench.
 
 Every user error (config, env id, checkpoint, resources) ends as one line on stderr and
-exit code 2, before Ray starts whenever it can be known then.
+exit code 2, before Ray starts whenever it can be known then. A run ends with one line
+saying why and its exit code: 0 done, 1 failed, 2 bad input, 130 Ctrl-C, 143 SIGTERM.
 """
 
 from __future__ import annotations
@@ -18,13 +19,16 @@ from typing import Annotated
 
 import typer
 
+from qfleet.bench.cli import app as bench_app
 from qfleet.checkpoint import CheckpointError, find_checkpoint, load_checkpoint, load_replay
 from qfleet.config import Config, ConfigError, config_from_dict, load_config
 from qfleet.storage import RunStorage
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Distributed DQN training on Ray.")
+app.add_typer(bench_app, name="bench")
 
+EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
@@ -39,16 +43,16 @@ def _default_run_dir(config: Config) -> Path:
     return Path("runs") / f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
-def _is_local(address: str | None) -> bool:
+def is_local(address: str | None) -> bool:
     """No cluster named (`--address` or `RAY_ADDRESS`): the run starts its own local Ray."""
     return not (address or os.environ.get("RAY_ADDRESS"))
 
 
-def _local_token_auth(address: str | None) -> None:
+def local_token_auth(address: str | None) -> None:
     """A local Ray with token auth said explicitly (Ray 2.60 turns it on for local clusters
     anyway, then warns that it did). Must run before `ray` is imported: Ray reads the mode
     once, and the driver and the cluster it starts must agree."""
-    if _is_local(address):
+    if is_local(address):
         os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
@@ -88,7 +92,7 @@ def _prepare_train(args: list[str], run_dir: str | None, resume: str | None,
     net = _build_network(config, spec)
     if resume_state is not None:
         _check_compatible(resume_state, config, net)
-    if _is_local(address):
+    if is_local(address):
         # A local run: the machine's cores and the learner's memory are knowable now.
         cores = os.cpu_count() or 1
         if config.actors.num_cpus > cores:
@@ -139,31 +143,38 @@ def train(
     except (ConfigError, CheckpointError, LearnerError) as err:
         raise _fail(str(err)) from None
 
-    _local_token_auth(address)  # before Ray is imported
+    local_token_auth(address)  # before Ray is imported
     import ray
 
-    from qfleet.fleet import Fleet, FleetError, connect_ray
+    from qfleet.driver.fleet import Fleet
+    from qfleet.driver.placement import connect_ray
+    from qfleet.driver.record import StopReason
+    from qfleet.driver.supervision import FleetFailure
 
     count = config.actors.num_actors
     needed = (count if isinstance(count, int) else 1) * config.actors.num_cpus + 1
     try:
         connect_ray(address, needed)
-        fleet = Fleet(config, spec, storage.local, command_start=start, resume=resume_state,
-                      storage=storage)
-        summary = fleet.run()
+        summary = Fleet(config, spec, storage, command_start=start,
+                        resume=resume_state).run()
     except LearnerError as err:
         raise _fail(str(err)) from None
-    except FleetError as err:
-        raise _fail(str(err), 1) from None
+    except FleetFailure as err:  # before training started: nothing to summarize
+        raise _fail(str(err), EXIT_FAILED) from None
     except KeyboardInterrupt:
-        raise _fail("interrupted twice: exiting without a final checkpoint",
+        raise _fail("interrupted: exiting without a final checkpoint",
                     EXIT_INTERRUPTED) from None
     finally:
         if ray.is_initialized():
             ray.shutdown()
     print(json.dumps(summary))
-    if summary["stopped_by"] == "interrupted":
-        raise typer.Exit(EXIT_INTERRUPTED)
+    reason = StopReason(summary["stopped_by"])
+    if reason.exit_code == 0:
+        print(f"qfleet: done: {summary['stop_message']}")
+        return
+    kind = "error" if reason.exit_code == EXIT_FAILED else "stopped"
+    print(f"qfleet: {kind}: {summary['stop_message']}", file=sys.stderr)
+    raise typer.Exit(reason.exit_code)
 
 
 @app.command()
@@ -210,49 +221,22 @@ def evaluate(
     console.print(f"mean return {mean:.2f} ± {std:.2f} over {len(results)} episodes")
 
 
-@app.command()
-def bench(
-    which: Annotated[str, typer.Argument(
-        help="envs | actors | learner | replay | pipeline | soak | recovery")],
-    seconds: Annotated[float, typer.Option(min=0.5, help="Measuring time.")] = 9.0,
-    batch_size: Annotated[int, typer.Option(min=1, help="learner: batch size.")] = 32,
-    device: Annotated[str, typer.Option(help="learner/replay: auto, cpu or cuda.")] = "auto",
-    actors: Annotated[int, typer.Option(min=1, help="pipeline: number of actors.")] = 2,
-    env_id: Annotated[str, typer.Option("--env", help="pipeline: env id.")] = "CartPole-v1",
-    address: Annotated[str | None, typer.Option(help="pipeline: Ray address.")] = None,
-    actor_resources: Annotated[str | None, typer.Option(
-        help='pipeline: JSON resources per actor, e.g. \'{"qfleet_worker_node": 1}\'.')] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line.")] = False,
-) -> None:
-    """Measure a part of the pipeline against its limit (a benchmark, not a test)."""
-    if which in ("pipeline", "soak"):
-        _local_token_auth(address)
-    from qfleet.bench import BENCHES, describe
-
-    if which not in BENCHES:
-        raise _fail(f"bench: unknown benchmark {which!r}; choose one of {', '.join(BENCHES)}")
-    if device not in ("auto", "cpu", "cuda"):
-        raise _fail(f"--device: expected auto, cpu or cuda, got {device!r}")
-    kwargs: dict = {"learner": {"batch_size": batch_size, "device": device},
-                    "replay": {"device": "cuda" if device == "cuda" else "cpu"},
-                    "pipeline": {"actors": actors, "env_id": env_id, "address": address,
-                                 "actor_resources": json.loads(actor_resources)
-                                 if actor_resources else None},
-                    }.get(which, {})
-    from qfleet.learner.learner import LearnerError
-
-    try:
-        result = BENCHES[which](seconds, **kwargs)
-    except LearnerError as err:
-        raise _fail(str(err)) from None
-    for line in describe(result):
-        print(line)
-    if as_json:
-        print(json.dumps(result))
-
-
 def main() -> None:
-    app()
+    """The `qfleet` entry point: a usage error is one line and exit code 2, as every other
+    bad input (click's multi-line usage box is not)."""
+    try:
+        code = app(standalone_mode=False)
+    except typer.TyperException as err:
+        format_message = getattr(err, "format_message", None)  # names the option, if any
+        message = format_message() if format_message else str(err)
+        if "\n" in message:  # no arguments: the help, as asked for
+            print(message, file=sys.stderr)
+        else:
+            print(f"qfleet: error: {message}", file=sys.stderr)
+        code = EXIT_USAGE
+    except typer.Abort:  # Ctrl-C outside a run
+        code = EXIT_INTERRUPTED
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

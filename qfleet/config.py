@@ -86,6 +86,12 @@ class ActorsConfig(_Section):
     max_in_flight: int = Field(2, ge=1, le=64)
     """Chunks an actor may have unacknowledged by the learner: the backpressure bound."""
     num_cpus: float = Field(1.0, gt=0.0)
+    max_restarts: int = Field(5, ge=0)
+    """Restarts of one actor within `restart_window_s` after which the run stops, quoting
+    the actor's own error (an env that raises at every reset, say)."""
+    restart_window_s: float = Field(300.0, gt=0)
+    """The window over which an actor's restarts are counted; each restart inside it waits
+    twice as long as the one before (from 0.5 s up to 30 s)."""
 
     @field_validator("num_actors")
     @classmethod
@@ -95,10 +101,15 @@ class ActorsConfig(_Section):
         return value
 
     @property
+    def fleet_size(self) -> int:
+        """The most actors this fleet may ever run (an elastic one grows to `max_actors`)."""
+        fixed = self.num_actors if isinstance(self.num_actors, int) else 1
+        return max(self.max_actors or fixed, fixed)
+
+    @property
     def stream_slots(self) -> int:
         """Env streams the learner must tell apart: every env the fleet may ever run."""
-        fixed = self.num_actors if isinstance(self.num_actors, int) else 1
-        return max(self.max_actors or fixed, fixed) * self.envs_per_actor
+        return self.fleet_size * self.envs_per_actor
 
 
 class LearnerConfig(_Section):
@@ -130,6 +141,12 @@ class LearnerConfig(_Section):
     """Extra Ray resources the learner needs, e.g. `{"node:__internal_head__": 0.01}`."""
     max_nonfinite: int = Field(100, ge=1)
     """Consecutive NaN/inf losses (each update skipped) after which the run stops."""
+    max_restarts: int = Field(3, ge=0)
+    """Times a lost learner (process killed, out of memory, node gone) is restarted from the
+    newest checkpoint before the run stops."""
+    start_timeout_s: float = Field(600.0, gt=0)
+    """Seconds a (re)started learner may take to come up, placement included: long enough
+    for an autoscaler to bring a GPU node."""
 
 
 class ReplayConfig(_Section):
@@ -289,7 +306,8 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
             problem = getattr(err, "problem", None) or "invalid YAML"
             raise ConfigError(f"config {str(p)!r}{where}: {problem}") from None
         if loaded is None:
-            loaded = {}
+            raise ConfigError(f"config {str(p)!r} is empty: give at least a `stop` section "
+                              "(see configs/)")
         if not isinstance(loaded, dict):
             raise ConfigError(f"config {str(p)!r}: expected a mapping of sections at the top")
         data = loaded

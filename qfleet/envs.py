@@ -9,6 +9,7 @@ to act on, so the n-step adder never has to know which backend produced them.
 
 from __future__ import annotations
 
+import importlib
 import re
 from dataclasses import dataclass
 from functools import cache
@@ -75,8 +76,22 @@ def check_env_id(env_id: str) -> None:
         if env_id not in gym.envs.registry or roms.get_rom_path(game) is None:
             raise ConfigError(f"env.id: unknown Atari environment {env_id!r}")
         return
-    if env_id not in gym.envs.registry:
+    if _registered_name(env_id) not in gym.envs.registry:
         raise ConfigError(f"env.id: unknown Gymnasium environment {env_id!r}")
+
+
+def _registered_name(env_id: str) -> str:
+    """Gymnasium's `module:EnvName-v0` form: import the module (which registers its ids, in
+    every process that makes the env: `gym.make` does the same) and return the name."""
+    if ":" not in env_id:
+        return env_id
+    module, name = env_id.split(":", 1)
+    try:
+        importlib.import_module(module)
+    except ImportError as err:
+        raise ConfigError(f"env.id: cannot import module {module!r} of {env_id!r}: "
+                          f"{err}") from None
+    return name
 
 
 def env_spec(cfg: EnvConfig) -> EnvSpec:

@@ -1,19 +1,22 @@
 """The Ray edge: thin wrappers that make the plain Actor, Learner and Evaluator distributed.
 
-Data flow (DESIGN.md): actors push chunks to `LearnerWorker.add`, whose reply carries the
-newest weight version and its object ref; weights are `ray.put` once per publish and fetched
-by each actor in the background. `add` waits while the learner's inbox is full, so a slow
-learner slows the actors instead of filling the object store.
+Data flow (docs/ARCHITECTURE.md): actors push chunks to `LearnerWorker.add`, whose reply
+carries the newest weight version and its object ref; weights are `ray.put` once per
+publish and fetched by each actor in the background. `add` waits while the learner's inbox
+is full, so a slow learner slows the actors instead of filling the object store.
+
+A learner may be lost and restarted by the driver: an actor that finds its learner gone
+drops what it had in flight, waits, and carries on with the learner that `set_learner`
+hands it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import queue
 import threading
 import time
+import warnings
 from typing import Any
 
 import ray
@@ -23,36 +26,44 @@ from qfleet.actors.actor import Actor
 from qfleet.config import Config, config_from_dict
 from qfleet.envs import EnvSpec
 from qfleet.evaluate import Evaluator
+from qfleet.learner.inbox import Inbox
 from qfleet.learner.learner import Learner, check_replay_fits, pick_device
+from qfleet.stats import FleetStats
 from qfleet.transitions import Chunk, Episode
+
+Reply = tuple[int, list[ray.ObjectRef], int, bool]
+"""`add`'s answer: newest weight version, [its ref], the fleet's env steps, stop."""
+
+SETTLE_S = 10.0
+"""How long an actor told to switch learners waits for the old one's pending replies."""
 
 
 class LearnerWorker:
     """Runs the Learner's update loop in a thread; `add`/`stats` are served by asyncio."""
 
     def __init__(self, config: dict[str, Any], spec: EnvSpec,
-                 resume: dict[str, Any] | None = None) -> None:
+                 start: dict[str, Any] | None = None) -> None:
+        """`start`: a checkpoint's state to continue from (`Learner.load_state_dict`)."""
         self.config: Config = config_from_dict(config)
         lc = self.config.learner
         torch.set_num_threads(lc.num_threads)
         device = pick_device(lc.device)
         check_replay_fits(self.config, spec, device)
         self.learner = Learner(self.config, spec, device)
-        if resume is not None:
-            self.learner.load_state_dict(resume)
+        self.notes: list[str] = []  # what the driver should print (e.g. a replay not restored)
+        if start is not None:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                self.learner.load_state_dict(start)
+            self.notes = [str(w.message) for w in caught]
         nan_after = os.environ.get("QFLEET_TEST_NAN_AFTER_UPDATES")
         if nan_after is not None:  # fault injection for the tests: every loss NaN after N
             limit = int(nan_after)
             self.learner.fault_hook = lambda loss: (
                 loss * float("nan") if self.learner.updates >= limit else loss)
-        self._lock = threading.Lock()
-        self._inbox: queue.Queue[Chunk] = queue.Queue()
-        self._queued = 0  # transitions accepted but not yet in the replay
-        self._admit = asyncio.Lock()
-        self._room = asyncio.Event()
-        self._waiting = False
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._nodes: set[str] = set()  # Ray nodes that hosted actors, from their chunks
+        self._lock = threading.Lock()  # the Learner: update thread vs. stats/state calls
+        self.inbox: Inbox[Chunk] = Inbox(lc.inbox_chunks, self.learner.accepts)
+        self._nodes: set[str] = set()
         self._chunks_by_actor: dict[int, int] = {}
         self._pids: dict[int, int] = {}
         self._episodes: list[Episode] = []
@@ -73,9 +84,8 @@ class LearnerWorker:
         try:
             while not self._stopping:
                 while self.learner.wants_data():
-                    try:
-                        chunk = self._inbox.get_nowait()
-                    except queue.Empty:
+                    chunk = self.inbox.get()
+                    if chunk is None:
                         break
                     self._ingest(chunk)
                 if self.learner.ready():
@@ -83,16 +93,14 @@ class LearnerWorker:
                         self.learner.step()
                         if self.learner.updates % publish_every == 0:
                             self._publish()
-                    self._wake_senders()
+                    self.inbox.made_room()
                 else:
-                    with contextlib.suppress(queue.Empty):
-                        self._ingest(self._inbox.get(timeout=0.02))
+                    chunk = self.inbox.get(timeout=0.02)
+                    if chunk is not None:
+                        self._ingest(chunk)
         except BaseException as err:  # surfaced to actors and driver by add()/stats()
             self._error = err
-
-    def _wake_senders(self) -> None:
-        if self._waiting and self._loop is not None:
-            self._loop.call_soon_threadsafe(self._room.set)
+            self.inbox.close(error=err)
 
     def _ingest(self, chunk: Chunk) -> None:
         with self._lock:
@@ -101,57 +109,24 @@ class LearnerWorker:
             self._pids[chunk.actor_index] = chunk.pid
             self._chunks_by_actor[chunk.actor_index] = \
                 self._chunks_by_actor.get(chunk.actor_index, 0) + 1
-            self._queued -= len(chunk.transitions)
-        self._wake_senders()
+        self.inbox.taken(len(chunk.transitions))
 
-    def _reply(self) -> tuple[int, list[ray.ObjectRef], int, bool]:
+    async def add(self, chunk: Chunk) -> Reply:
+        """Queue a chunk; wait while the inbox is full or the actors are ahead of the
+        replay ratio (backpressure); reply with the newest weights."""
+        await self.inbox.put(chunk, len(chunk.transitions))
         version, ref = self._weights
         return version, [ref], self.learner.env_steps, self._stopping
 
-    def _must_wait(self, incoming: int) -> bool:
-        if self._stopping:
-            return False
-        if self._inbox.qsize() >= self.config.learner.inbox_chunks:
-            return True
-        return not self.learner.accepts(self._queued + incoming)
-
-    async def add(self, chunk: Chunk) -> tuple[int, list[ray.ObjectRef], int, bool]:
-        """Queue a chunk; wait while the inbox is full or the actors are ahead of the
-        replay ratio (backpressure); reply with the newest weights."""
-        # One admission at a time, first come first served: an actor's chunks stay in
-        # order, which its frame references rely on.
-        async with self._admit:
-            n = len(chunk.transitions)
-            self._loop = asyncio.get_running_loop()
-            while self._must_wait(n):
-                if self._error is not None:
-                    raise RuntimeError("learner failed") from self._error
-                self._room.clear()
-                self._waiting = True
-                # Woken by the learner thread when it frees room; the timeout is a safety net.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._room.wait(), timeout=0.05)
-                self._waiting = False
-            if self._error is not None:
-                raise RuntimeError("learner failed") from self._error
-            if not self._stopping:
-                self._queued += n
-                self._inbox.put(chunk)
-        return self._reply()
-
-    async def stats(self) -> dict[str, Any]:
+    async def stats(self) -> FleetStats:
         if self._error is not None:
             raise RuntimeError(f"learner failed: {self._error!r}") from self._error
         with self._lock:
-            stats = self.learner.pop_stats()
+            learner = self.learner.pop_stats()
             episodes, self._episodes = self._episodes, []
-        stats["episode_list"] = [tuple(e) for e in episodes]
-        stats["weights"] = [self._weights[1]]
-        stats["inbox"] = self._inbox.qsize()
-        stats["actor_nodes"] = sorted(self._nodes)
-        stats["chunks_by_actor"] = dict(self._chunks_by_actor)
-        stats["pids"] = {"learner": os.getpid(), **{str(k): v for k, v in self._pids.items()}}
-        return stats
+        return FleetStats(learner, tuple(episodes), self._weights[1], len(self.inbox),
+                          frozenset(self._nodes), dict(self._chunks_by_actor),
+                          dict(self._pids), os.getpid())
 
     async def state(self, include_replay: bool = False) -> dict[str, Any]:
         """Checkpoint state; with the replay taken under the same lock, so both belong to
@@ -165,7 +140,8 @@ class LearnerWorker:
     async def stop(self) -> dict[str, Any]:
         """Stop learning and tell every actor at its next send; return the final state."""
         self._stopping = True
-        await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 10.0)
+        self.inbox.close()
+        await asyncio.to_thread(self._thread.join, 10.0)
         with self._lock:
             return self.learner.state_dict()
 
@@ -177,51 +153,140 @@ class LearnerWorker:
     async def replay_bytes(self) -> int:
         return self.learner.replay.nbytes()
 
-    async def placement(self) -> tuple[str, str]:
-        """The learner's device and Ray node: the driver puts the evaluator beside it."""
-        return str(self.learner.device), self._node
+    async def placement(self) -> tuple[str, str, list[str]]:
+        """The learner's device and Ray node (the driver puts the evaluator beside it), and
+        its notes from starting."""
+        return str(self.learner.device), self._node, self.notes
+
+
+class LearnerGone(Exception):
+    """The actor's learner died or failed: wait for the driver's next one."""
 
 
 class ActorWorker:
-    """Runs `Actor.collect` in a loop, sending chunks with at most `max_in_flight` pending."""
+    """Runs `Actor.collect` in a loop, sending chunks with at most `max_in_flight` pending.
+
+    Made remote with two threads: `run` acts, and `set_learner` (from the driver) points a
+    running actor at a restarted learner and reports how many chunks the old one lost.
+    """
 
     def __init__(self, config: dict[str, Any], spec: EnvSpec, index: int, seed: int,
-                 learner: ray.actor.ActorHandle) -> None:
+                 learner: ray.actor.ActorHandle, generation: int = 0) -> None:
         self.config = config_from_dict(config)
-        self.actor = Actor(self.config, spec, index, seed)
-        self.learner = learner
+        self._spec, self._index, self._seed = spec, index, seed
+        self._cond = threading.Condition()
+        self._learner, self._generation = learner, generation
+        self._next: tuple[ray.actor.ActorHandle, int] | None = None
+        self._dropped = 0  # chunks lost with dead learners since the last set_learner
+        self._running = True
         self.node = ray.get_runtime_context().get_node_id()
         self.pid = os.getpid()
 
+    def set_learner(self, learner: ray.actor.ActorHandle, generation: int) -> int:
+        """Switch to the learner of `generation` (once any chunks in flight to the old one
+        are settled); returns the chunks dropped since the last switch."""
+        with self._cond:
+            if generation > self._generation:
+                self._next = (learner, generation)
+                self._cond.notify_all()
+                self._cond.wait_for(lambda: self._next is None or not self._running,
+                                    timeout=2 * SETTLE_S)
+            dropped, self._dropped = self._dropped, 0
+            return dropped
+
     def run(self) -> int:
-        """Act until the learner says stop; returns the env steps this actor took."""
+        """Act until the learner says stop; returns the env steps this actor took. The
+        envs are made here, not in the constructor, so that an env's own exception reaches
+        the driver as this task's error."""
+        try:
+            actor = Actor(self.config, self._spec, self._index, self._seed)
+            try:
+                return self._act(actor)
+            finally:
+                actor.close()
+        finally:
+            with self._cond:
+                self._running = False
+                self._cond.notify_all()
+
+    def _act(self, actor: Actor) -> int:
         a = self.config.actors
         inflight: list[ray.ObjectRef] = []
         pending: tuple[int, ray.ObjectRef] | None = None
+        floor = actor.version  # weights older than this are not worth loading
         steps = 0
         while True:
-            chunk = self.actor.collect(a.chunk_steps)
+            if self._next is not None:
+                self._switch(inflight, settle=True)
+                # A restarted learner may count versions from an older checkpoint.
+                inflight, pending, floor = [], None, -1
+            chunk = actor.collect(a.chunk_steps)
             chunk.node, chunk.pid = self.node, self.pid
             steps += chunk.env_steps
             # Task events off for the hot path: the GCS would keep one per chunk (it grew
             # ~4 MiB/min in `qfleet bench soak` with them on).
-            inflight.append(self.learner.add.options(enable_task_events=False).remote(chunk))
+            inflight.append(self._learner.add.options(enable_task_events=False).remote(chunk))
             # Block only when the in-flight bound is reached; otherwise just harvest replies.
             timeout = None if len(inflight) >= a.max_in_flight else 0
             ready, inflight = ray.wait(inflight, num_returns=1, timeout=timeout)
+            try:
+                for ref in ready:
+                    reply = self._reply(ref)
+                    if reply is None:
+                        continue
+                    version, (weights_ref,), fleet_steps, stop = reply
+                    if stop:
+                        return steps
+                    actor.set_fleet_step(fleet_steps)
+                    newest = pending[0] if pending else floor
+                    if version > newest:
+                        pending = (version, weights_ref)
+            except LearnerGone:
+                with self._cond:
+                    self._dropped += 1 + len(inflight)
+                self._switch([], settle=False)
+                inflight, pending, floor = [], None, -1
+                continue
+            if pending is not None and ray.wait([pending[1]], timeout=0)[0]:
+                try:
+                    actor.set_weights(pending[0], ray.get(pending[1]))
+                    floor = actor.version
+                except ray.exceptions.ObjectLostError:
+                    pass  # published by a learner that died since; its successor publishes
+                pending = None
+
+    def _reply(self, ref: ray.ObjectRef) -> Reply | None:
+        """The learner's answer to one chunk; None if that chunk was lost on the way."""
+        try:
+            return ray.get(ref)
+        except ray.exceptions.ActorUnavailableError:
+            with self._cond:  # unreachable for now (a network blip): only this chunk is lost
+                self._dropped += 1
+            time.sleep(0.5)
+            return None
+        except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as err:
+            raise LearnerGone from err
+
+    def _switch(self, inflight: list[ray.ObjectRef], settle: bool) -> None:
+        """Take the next learner, waiting for the driver to provide one. With `settle`, the
+        replies still due from the old learner are awaited first; those that never come
+        are counted as dropped."""
+        failed = 0
+        if settle and inflight:
+            ready, rest = ray.wait(inflight, num_returns=len(inflight), timeout=SETTLE_S)
+            failed = len(rest)
             for ref in ready:
-                version, (weights_ref,), fleet_steps, stop = ray.get(ref)
-                if stop:
-                    return steps
-                self.actor.set_fleet_step(fleet_steps)
-                newest = pending[0] if pending else self.actor.version
-                if version > newest:
-                    pending = (version, weights_ref)
-            if pending is not None:
-                done, _ = ray.wait([pending[1]], timeout=0)
-                if done:
-                    self.actor.set_weights(pending[0], ray.get(pending[1]))
-                    pending = None
+                try:
+                    ray.get(ref)
+                except ray.exceptions.RayError:
+                    failed += 1
+        with self._cond:
+            self._dropped += failed
+            self._cond.wait_for(lambda: self._next is not None)
+            assert self._next is not None
+            self._learner, self._generation = self._next
+            self._next = None
+            self._cond.notify_all()
 
 
 class EvaluatorWorker:
@@ -236,5 +301,6 @@ class EvaluatorWorker:
 
 
 RemoteLearner = ray.remote(LearnerWorker)
-RemoteActor = ray.remote(ActorWorker)
+# Two threads: `run` acts while `set_learner` may arrive from the driver.
+RemoteActor = ray.remote(max_concurrency=2)(ActorWorker)
 RemoteEvaluator = ray.remote(EvaluatorWorker)

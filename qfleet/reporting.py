@@ -9,14 +9,20 @@ from __future__ import annotations
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import NamedTuple
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch.utils.tensorboard import SummaryWriter
 
 from qfleet.config import Config
+from qfleet.stats import Counters, FleetStats
 from qfleet.transitions import Episode
+
+
+class Rates(NamedTuple):
+    env_steps_per_s: float
+    updates_per_s: float
 
 
 def describe_episode(number: int, episode: Episode) -> str:
@@ -66,27 +72,33 @@ class Reporter:
         else:
             self._unprinted += len(episodes)
 
-    def scalars(self, stats: dict[str, Any], rates: dict[str, float], step: int) -> None:
-        w = self.writer
-        w.add_scalar("perf/env_steps_per_s", rates["env_steps_per_s"], step)
-        w.add_scalar("perf/updates_per_s", rates["updates_per_s"], step)
-        w.add_scalar("replay/size", stats["replay_size"], step)
-        w.add_scalar("learner/updates", stats["updates"], step)
-        for key, tag in (("loss", "losses/loss"), ("mean_q", "losses/mean_q"),
-                         ("epsilon", "charts/epsilon"), ("policy_lag", "perf/policy_lag")):
-            if key in stats:
-                w.add_scalar(tag, stats[key], step)
+    def scalars(self, stats: FleetStats, rates: Rates, step: int) -> None:
+        w, learner = self.writer, stats.learner
+        w.add_scalar("perf/env_steps_per_s", rates.env_steps_per_s, step)
+        w.add_scalar("perf/updates_per_s", rates.updates_per_s, step)
+        w.add_scalar("replay/size", learner.replay_size, step)
+        w.add_scalar("learner/updates", stats.counters.updates, step)
+        for value, tag in ((learner.loss, "losses/loss"), (learner.mean_q, "losses/mean_q"),
+                           (learner.epsilon, "charts/epsilon"),
+                           (learner.policy_lag, "perf/policy_lag")):
+            if value is not None:
+                w.add_scalar(tag, value, step)
 
-    def status(self, elapsed: float, stats: dict[str, Any], rates: dict[str, float],
+    def fleet(self, step: int, **counts: int) -> None:
+        """The fleet's health counters (`fleet/<name>`): actors, restarts, losses."""
+        for name, value in counts.items():
+            self.writer.add_scalar(f"fleet/{name}", value, step)
+
+    def status(self, elapsed: float, counters: Counters, rates: Rates,
                last_eval: float | None, force: bool = False) -> None:
         recent = sum(self.recent) / len(self.recent) if self.recent else float("nan")
-        text = (f"env steps {stats['env_steps']:,} ({rates['env_steps_per_s']:,.0f}/s) | "
-                f"updates {stats['updates']:,} ({rates['updates_per_s']:,.0f}/s) | "
+        text = (f"env steps {counters.env_steps:,} ({rates.env_steps_per_s:,.0f}/s) | "
+                f"updates {counters.updates:,} ({rates.updates_per_s:,.0f}/s) | "
                 f"return {recent:.1f} (last {len(self.recent)})")
         if last_eval is not None:
             text += f" | eval {last_eval:.1f}"
         if self._progress is not None and self._task is not None:
-            self._progress.update(self._task, completed=stats["env_steps"], description=text)
+            self._progress.update(self._task, completed=counters.env_steps, description=text)
         now = time.monotonic()
         if force or (self._progress is None and
                      now - self._last_status >= self.config.log.console_every_s):

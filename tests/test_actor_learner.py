@@ -38,8 +38,8 @@ def test_actor_chunks_feed_the_learner_and_weights_flow_back():
     actor.set_weights(version, weights)
     assert actor.collect(1).version == 1
     stats = learner.pop_stats()
-    assert stats["updates"] == 10 and np.isfinite(stats["loss"])
-    assert stats["policy_lag"] == 0.0
+    assert stats.counters.updates == 10 and np.isfinite(stats.loss)
+    assert stats.policy_lag == 0.0
 
 
 def test_replay_ratio_holds_the_learner_back():

@@ -34,5 +34,7 @@ def test_benchmarks_report_figure_and_limit(which, keys):
     assert len(result.stdout.strip().splitlines()) >= 2  # human lines before the JSON
 
 
-def test_unknown_benchmark():
-    assert_one_line_error(qfleet("bench", "gpu"), "unknown benchmark 'gpu'")
+def test_unknown_benchmark_and_options_a_benchmark_does_not_take():
+    assert_one_line_error(qfleet("bench", "gpu"), "No such command 'gpu'")
+    assert_one_line_error(qfleet("bench", "learner", "--actors", "3"), "--actors")
+    assert_one_line_error(qfleet("bench", "learner", "--device", "tpu"), "'--device'")

@@ -14,10 +14,28 @@ def test_apex_schedule_endpoints_and_formula():
     assert apex_epsilon(0, 1).tolist() == pytest.approx(0.4)
 
 
-def test_fleet_epsilons_number_envs_over_the_whole_fleet():
+def test_fleet_epsilons_deal_the_whole_fleets_schedule_across_actors():
     cfg = ActorsConfig(num_actors=2, envs_per_actor=3)
     everything = apex_epsilon(np.arange(6), 6)
-    assert fleet_epsilons(cfg, 1).tolist() == pytest.approx(everything[3:].tolist())
+    assert fleet_epsilons(cfg, 0).tolist() == pytest.approx(everything[0::2].tolist())
+    assert fleet_epsilons(cfg, 1).tolist() == pytest.approx(everything[1::2].tolist())
+    both = np.concatenate([fleet_epsilons(cfg, 0), fleet_epsilons(cfg, 1)])
+    assert sorted(both.tolist()) == pytest.approx(sorted(everything.tolist()))
+
+
+def test_an_elastic_fleets_schedule_spans_its_largest_size():
+    """Actors added as nodes join (indices past the starting size) stay on the schedule,
+    and the starting actors alone already reach both of its ends."""
+    cfg = ActorsConfig(num_actors=2, max_actors=8, envs_per_actor=4)
+    everything = apex_epsilon(np.arange(32), 32)
+    grown = fleet_epsilons(cfg, 7)
+    assert grown.tolist() == pytest.approx(everything[7::8].tolist())
+    assert grown.min() >= 0.4**8 - 1e-12 and grown.max() <= 0.4
+    first = np.concatenate([fleet_epsilons(cfg, a) for a in range(2)])
+    assert first.max() == pytest.approx(0.4)
+    assert first.min() < 0.4**6  # the greedy end too, not only the exploring one
+    every = np.concatenate([fleet_epsilons(cfg, a) for a in range(8)])
+    assert sorted(every.tolist()) == pytest.approx(sorted(everything.tolist()))
 
 
 def test_linear_decay():

@@ -59,7 +59,7 @@ def test_frame_storage_rebuilds_exactly_the_stacks_the_env_produced():
 def test_recycled_frames_are_detected():
     cpu = torch.device("cpu")
     fs = FrameStorage(4, (2, 2), 2, num_streams=1, window=8, device=cpu)
-    assert fs.ring > 4
+    assert fs.ring.size > 4
     from qfleet.transitions import Frames
 
     def frames(first, k):
@@ -76,7 +76,7 @@ def test_recycled_frames_are_detected():
     empty = Transitions(np.zeros((0, 3), np.int64), np.zeros(0, np.int64),
                         np.zeros(0, np.float32), np.zeros(0, np.float32),
                         np.zeros((0, 3), np.int64))
-    fs.write(torch.tensor([], dtype=torch.long), empty, frames(3, fs.ring))
+    fs.write(torch.tensor([], dtype=torch.long), empty, frames(3, fs.ring.size))
     assert not fs.valid(torch.tensor([0])).any()
 
 

@@ -88,3 +88,32 @@ def test_nbytes_counts_every_column_and_the_sum_tree():
     prioritized = make_replay("prioritized", 5, (2,), np.dtype(np.uint8), cpu)
     # plus a float64 sum tree over 8 leaves (16 nodes) and the running max priority
     assert prioritized.nbytes() == uniform.nbytes() + 16 * 8 + 8
+
+
+def test_frame_replay_state_round_trip_restores_stacks_priorities_and_the_ring():
+    from qfleet.transitions import Frames
+
+    cpu = torch.device("cpu")
+
+    def replay(capacity=8):
+        return make_replay("prioritized", capacity, (2, 2, 2), np.dtype(np.uint8), cpu,
+                           frame_refs=True, num_streams=1, window=8)
+
+    rb = replay()
+    seq = np.arange(4)
+    frames = Frames(np.repeat(seq[:, None, None], 4, 1).reshape(4, 2, 2).astype(np.uint8) + 1,
+                    np.zeros(4, np.int64), seq)
+    refs = np.array([[0, 1, 2], [0, 2, 2]])  # (stream, newest seq, depth)
+    rb.add(Transitions(refs, np.array([0, 1]), np.array([1.0, 2.0], np.float32),
+                       np.full(2, 0.9, np.float32), refs + np.array([0, 1, 0])), frames)
+    rb.update_priorities(torch.tensor([0, 1]), torch.tensor([3.0, 0.1]))
+    other = replay()
+    other.load_state_dict(rb.state_dict())
+    keys = torch.tensor([0, 1])
+    for mine, theirs in zip(rb.storage.gather(keys), other.storage.gather(keys), strict=True):
+        assert torch.equal(mine, theirs)
+    assert other.storage.gather(keys).obs[1, :, 0, 0].tolist() == [2, 3]
+    assert torch.equal(other.sampler.tree.tree, rb.sampler.tree.tree)
+    assert other.storage.ring.writes == 4 and other.nbytes() == rb.nbytes()
+    with pytest.raises(ValueError, match="shape"):
+        replay(capacity=16).load_state_dict({**rb.state_dict(), "capacity": 16})

@@ -11,6 +11,7 @@ import time
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from qfleet.bench.common import run_processes
 from tests.conftest import CONFIGS, ROOT, assert_one_line_error, qfleet, summary
 
 
@@ -110,17 +111,15 @@ def test_repeated_nonfinite_losses_stop_the_run_with_a_good_checkpoint(run_dir):
            "stop.time_s=120", "learner.max_nonfinite=20", "--run-dir", str(run_dir)]
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
     assert "skipped for a NaN/inf loss" in result.stdout
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("qfleet: error: ") and "NaN/inf losses in a row" in last
+    assert "Traceback" not in result.stdout + result.stderr
     s = summary(run_dir)
     assert s["stopped_by"] == "nonfinite_loss" and s["updates"] == 50
     state = torch.load(s["checkpoint"], weights_only=True)
     assert all(torch.isfinite(v).all() for v in state["network"].values())
-
-
-def _pids(pattern: str) -> list[int]:
-    found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
-    return [int(pid) for pid in found.stdout.split()]
 
 
 def test_actor_and_evaluator_killed_with_sigkill_are_restarted_and_the_run_solves(run_dir):
@@ -133,7 +132,8 @@ def test_actor_and_evaluator_killed_with_sigkill_are_restarted_and_the_run_solve
         if line.startswith("qfleet:"):
             break
     time.sleep(4)
-    actors, evaluators = _pids("ray::ActorWorker"), _pids("ray::EvaluatorWorker")
+    actors = run_processes(proc.pid, "actor")  # this run's own, never another run's
+    evaluators = run_processes(proc.pid, "evaluator")
     assert actors and evaluators, "no actor or evaluator process found"
     os.kill(actors[0], signal.SIGKILL)
     os.kill(evaluators[0], signal.SIGKILL)

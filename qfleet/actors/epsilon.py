@@ -2,7 +2,10 @@
 
 Ape-X (Horgan et al. 2018) gives each of the fleet's N envs a fixed
 ε_i = ε^(1 + α·i/(N−1)): a few envs explore hard, most act nearly greedily, and no
-schedule has to be tuned to the run length. The linear decay is the classic DQN one.
+schedule has to be tuned to the run length. N counts every env the fleet may ever run
+(an elastic fleet's `max_actors`), and the places are dealt out across actors, so each
+actor spans the whole schedule and a fleet that has not grown yet explores as widely as a
+full one. The linear decay is the classic DQN one.
 """
 
 from __future__ import annotations
@@ -27,11 +30,12 @@ def linear_epsilon(step: int, start: float, end: float, decay_steps: int) -> flo
 
 
 def fleet_epsilons(cfg: ActorsConfig, actor_index: int, fleet_step: int = 0) -> np.ndarray:
-    """ε for each env of one actor; envs are numbered over the whole fleet."""
+    """ε for each env of one actor: env j of actor a takes place j·A + a of the A·E places
+    of a fleet of at most A actors with E envs each."""
     e = cfg.envs_per_actor
     if cfg.epsilon == "apex":
-        total = cfg.num_actors * e
-        first = actor_index * e
-        return apex_epsilon(np.arange(first, first + e), total, cfg.apex_epsilon, cfg.apex_alpha)
+        size = cfg.fleet_size
+        places = np.arange(e) * size + actor_index
+        return apex_epsilon(places, size * e, cfg.apex_epsilon, cfg.apex_alpha)
     eps = linear_epsilon(fleet_step, cfg.epsilon_start, cfg.epsilon_end, cfg.epsilon_decay_steps)
     return np.full(e, eps)

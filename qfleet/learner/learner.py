@@ -19,6 +19,7 @@ from qfleet.envs import EnvSpec
 from qfleet.learner.loss import dqn_loss
 from qfleet.learner.replay import make_replay, replay_bytes_per_item
 from qfleet.networks import build_q_network
+from qfleet.stats import Counters, LearnerStats
 from qfleet.transitions import Chunk, Episode, uses_frame_refs
 
 
@@ -105,7 +106,8 @@ class Learner:
         self.env_steps += chunk.env_steps
         self.transitions += len(chunk.transitions)
         self.episodes += len(chunk.episodes)
-        self._lag_sum += self.version - chunk.version
+        # A chunk acted on by a restarted learner's predecessor may carry a newer version.
+        self._lag_sum += max(self.version - chunk.version, 0)
         self._chunks += 1
         self._eps_sum += chunk.epsilon
         return chunk.episodes
@@ -194,21 +196,21 @@ class Learner:
         return self.version, {k: v.detach().to("cpu", copy=True)
                               for k, v in self.online.state_dict().items()}
 
-    def pop_stats(self) -> dict[str, float]:
+    @property
+    def counters(self) -> Counters:
+        return Counters(self.updates, self.env_steps, self.transitions, self.episodes,
+                        self.version)
+
+    def pop_stats(self) -> LearnerStats:
         """Means since the last call, plus counters; resets the means."""
         n, c = self._stat_updates, self._chunks
-        stats = {
-            "updates": self.updates, "env_steps": self.env_steps, "episodes": self.episodes,
-            "transitions": self.transitions, "replay_size": len(self.replay),
-            "version": self.version, "nonfinite_skipped": self.nonfinite_skipped,
-            "nonfinite_streak": self.nonfinite_streak,
-        }
-        if n:
-            stats["loss"] = float(self._loss_sum) / n
-            stats["mean_q"] = float(self._q_sum) / n
-        if c:
-            stats["policy_lag"] = self._lag_sum / c
-            stats["epsilon"] = self._eps_sum / c
+        stats = LearnerStats(
+            self.counters, replay_size=len(self.replay),
+            nonfinite_skipped=self.nonfinite_skipped, nonfinite_streak=self.nonfinite_streak,
+            loss=float(self._loss_sum) / n if n else None,
+            mean_q=float(self._q_sum) / n if n else None,
+            policy_lag=self._lag_sum / c if c else None,
+            epsilon=self._eps_sum / c if c else None)
         self._reset_stats()
         return stats
 
@@ -226,29 +228,30 @@ class Learner:
             "network": _to_cpu(self.online.state_dict()),
             "target": _to_cpu(self.target.state_dict()),
             "optimizer": _to_cpu(self.optimizer.state_dict()),
-            "counters": {"updates": self.updates, "env_steps": self.env_steps,
-                         "transitions": self.transitions, "episodes": self.episodes,
-                         "version": self.version},
+            "counters": self.counters.to_dict(),
         }
 
     def replay_state(self) -> dict[str, Any] | None:
-        """The replay's contents, for a resume that continues where it was (None: no replay)."""
-        return self.replay.state_dict() if hasattr(self.replay, "state_dict") else None
+        """The replay's contents, for a resume that continues where it was (None: a stream,
+        which keeps nothing worth saving)."""
+        return self.replay.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("replay") is not None and hasattr(self.replay, "load_state_dict"):
-            try:
-                self.replay.load_state_dict(state["replay"])
-            except ValueError as err:  # e.g. capacity overridden on resume: refill instead
-                warnings.warn(f"saved replay not restored: {err}", stacklevel=2)
-        self.online.load_state_dict(state["network"])
-        if self.target is not self.online:
-            self.target.load_state_dict(state["target"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        c = state["counters"]
-        self.updates, self.env_steps = int(c["updates"]), int(c["env_steps"])
-        self.transitions, self.episodes = int(c["transitions"]), int(c["episodes"])
-        self.version = int(c["version"])
+        """Continue from a checkpoint's state. Without `network` (a learner restarted before
+        the run's first checkpoint) only the counters and the replay are taken."""
+        try:
+            self.replay.load_state_dict(state.get("replay"))
+        except ValueError as err:  # e.g. capacity overridden on resume: refill instead
+            warnings.warn(f"saved replay not restored: {err}", stacklevel=2)
+        if "network" in state:
+            self.online.load_state_dict(state["network"])
+            if self.target is not self.online:
+                self.target.load_state_dict(state["target"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        c = Counters.from_dict(state["counters"])
+        self.updates, self.env_steps, self.version = c.updates, c.env_steps, c.version
+        self.transitions, self.episodes = c.transitions, c.episodes
+        self.replay.anneal(self.updates)
 
 
 def _to_cpu(obj: Any) -> Any:

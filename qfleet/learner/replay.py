@@ -15,6 +15,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 import torch
 
+from qfleet.learner.persist import Persistent, load_tensor, tensors_nbytes
 from qfleet.learner.sampling import PrioritizedSampler, UniformSampler
 from qfleet.transitions import Frames, Transitions
 
@@ -37,10 +38,20 @@ def _tensor(a: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a)).to(device, non_blocking=True)
 
 
-class Storage(Protocol):
+class Storage(Persistent, Protocol):
     def write(self, slots: torch.Tensor, items: Transitions, frames: Frames | None) -> None: ...
     def gather(self, slots: torch.Tensor) -> Batch: ...
     def valid(self, slots: torch.Tensor) -> torch.Tensor | None: ...
+
+
+class Sampler(Persistent, Protocol):
+    device: torch.device
+
+    def on_insert(self, slots: torch.Tensor) -> None: ...
+    def sample(self, n: int, size: int) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+    def update(self, slots: torch.Tensor, td_abs: torch.Tensor) -> None: ...
+    def step(self, updates: int) -> None: ...
+    def invalidate(self, slots: torch.Tensor, keep: torch.Tensor) -> None: ...
 
 
 class DenseStorage:
@@ -72,25 +83,93 @@ class DenseStorage:
         """Dense rows are always whole."""
         return None
 
+    def state_dict(self) -> dict[str, Any]:
+        return {name: col.cpu() for name, col in zip(Batch._fields, self.cols, strict=True)}
 
-class FrameStorage:
-    """Each frame stored once in a ring; transitions hold the ring indices of their stacks.
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, col in zip(Batch._fields, self.cols, strict=True):
+            load_tensor(col, state[name], name)
 
-    Frame indices are global write counts (slot = index mod ring size) so that a stack
-    whose frames were overwritten is detected at sample time and never returned.
+    def nbytes(self) -> int:
+        return tensors_nbytes(*self.cols)
+
+
+class FrameRing:
+    """Every Atari frame once, in a ring indexed by global write count, plus a table from
+    (stream, sequence number) to ring index for the frames a stack may still refer to.
+
+    Indices are global write counts (row = index mod ring size), so a stack whose frames
+    were overwritten is detected at sample time and never returned.
     """
 
-    def __init__(self, capacity: int, frame_shape: tuple[int, ...], stack: int,
-                 num_streams: int, window: int, device: torch.device) -> None:
-        self.stack, self.window = stack, window
-        # Frames outnumber transitions by one per episode, and a stack may reach back
-        # `window` frames of its stream; the slack keeps live stacks intact.
-        self.ring = int(capacity * 1.02) + 2 * num_streams * window + 64
-        self.frames = torch.zeros((self.ring + 1, *frame_shape), dtype=torch.uint8,
+    def __init__(self, size: int, frame_shape: tuple[int, ...], num_streams: int,
+                 window: int, device: torch.device) -> None:
+        self.size, self.window = size, window
+        self.frames = torch.zeros((size + 1, *frame_shape), dtype=torch.uint8,
                                   device=device)  # the last row stays zero: padding
         self.writes = 0
         self.table = torch.full((num_streams, window), -1, dtype=torch.int64, device=device)
         self.table_seq = torch.full((num_streams, window), -1, dtype=torch.int64, device=device)
+
+    def write(self, frames: Frames) -> None:
+        dev = self.frames.device
+        k = len(frames)
+        if not k:
+            return
+        idx = self.writes + torch.arange(k, device=dev)
+        self.frames[idx % self.size] = _tensor(frames.frames, dev)
+        stream, seq = _tensor(frames.stream, dev), _tensor(frames.seq, dev)
+        self.table[stream, seq % self.window] = idx
+        self.table_seq[stream, seq % self.window] = seq
+        self.writes += k
+
+    def resolve(self, refs: torch.Tensor, back: torch.Tensor) -> torch.Tensor:
+        """(stream, seq, depth) rows -> ring indices of the stack, -1 for zero padding."""
+        stream, seq, depth = refs[:, 0], refs[:, 1], refs[:, 2]
+        seqs = seq[:, None] - back[None, :]  # [N, stack], oldest first
+        col = seqs % self.window
+        idx = self.table[stream[:, None], col]
+        found = self.table_seq[stream[:, None], col] == seqs
+        in_episode = back[None, :] < depth[:, None]
+        idx = torch.where(in_episode, idx, torch.full_like(idx, -1))
+        # A frame that should be there but is not (never arrived): poison the stack.
+        missing = in_episode & ~found
+        return torch.where(missing, torch.full_like(idx, -(2**62)), idx)
+
+    def stacks(self, idx: torch.Tensor) -> torch.Tensor:
+        rows = torch.where(idx < 0, torch.full_like(idx, self.size), idx % self.size)
+        return self.frames[rows]  # [B, stack, H, W]
+
+    def intact(self, oldest: torch.Tensor) -> torch.Tensor:
+        """Whether stacks whose oldest frame index is `oldest` are still in the ring."""
+        return (oldest >= 0) & (self.writes - oldest <= self.size)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"frames": self.frames.cpu(), "writes": self.writes,
+                "table": self.table.cpu(), "table_seq": self.table_seq.cpu()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name in ("frames", "table", "table_seq"):
+            load_tensor(getattr(self, name), state[name], name)
+        self.writes = int(state["writes"])
+
+    def nbytes(self) -> int:
+        return tensors_nbytes(self.frames, self.table, self.table_seq)
+
+
+class FrameStorage:
+    """Transitions hold the ring indices of their two stacks; the frames live once in a
+    `FrameRing`."""
+
+    _COLUMNS = ("obs_idx", "next_idx", "oldest", "action", "reward", "discount")
+
+    def __init__(self, capacity: int, frame_shape: tuple[int, ...], stack: int,
+                 num_streams: int, window: int, device: torch.device) -> None:
+        self.stack = stack
+        # Frames outnumber transitions by one per episode, and a stack may reach back
+        # `window` frames of its stream; the slack keeps live stacks intact.
+        size = int(capacity * 1.02) + 2 * num_streams * window + 64
+        self.ring = FrameRing(size, frame_shape, num_streams, window, device)
         self.obs_idx = torch.full((capacity, stack), -1, dtype=torch.int64, device=device)
         self.next_idx = torch.full((capacity, stack), -1, dtype=torch.int64, device=device)
         self.oldest = torch.zeros(capacity, dtype=torch.int64, device=device)
@@ -105,32 +184,12 @@ class FrameStorage:
         # oldest-index, action, reward, discount.
         return frame_bytes + 2 * stack * 8 + 8 + 8 + 4 + 4
 
-    def _resolve(self, refs: torch.Tensor) -> torch.Tensor:
-        """(stream, seq, depth) rows -> ring indices of the stack, -1 for zero padding."""
-        stream, seq, depth = refs[:, 0], refs[:, 1], refs[:, 2]
-        seqs = seq[:, None] - self._back[None, :]  # [N, stack], oldest first
-        col = seqs % self.window
-        idx = self.table[stream[:, None], col]
-        found = self.table_seq[stream[:, None], col] == seqs
-        in_episode = self._back[None, :] < depth[:, None]
-        idx = torch.where(in_episode, idx, torch.full_like(idx, -1))
-        # A frame that should be there but is not (never arrived): poison the stack.
-        missing = in_episode & ~found
-        return torch.where(missing, torch.full_like(idx, -(2**62)), idx)
-
     def write(self, slots: torch.Tensor, items: Transitions, frames: Frames | None) -> None:
         assert frames is not None, "frame storage needs the chunk's frames"
-        dev = self.frames.device
-        k = len(frames)
-        if k:
-            idx = self.writes + torch.arange(k, device=dev)
-            self.frames[idx % self.ring] = _tensor(frames.frames, dev)
-            stream, seq = _tensor(frames.stream, dev), _tensor(frames.seq, dev)
-            self.table[stream, seq % self.window] = idx
-            self.table_seq[stream, seq % self.window] = seq
-            self.writes += k
-        obs_idx = self._resolve(_tensor(items.obs, dev))
-        next_idx = self._resolve(_tensor(items.next_obs, dev))
+        dev = self.action.device
+        self.ring.write(frames)
+        obs_idx = self.ring.resolve(_tensor(items.obs, dev), self._back)
+        next_idx = self.ring.resolve(_tensor(items.next_obs, dev), self._back)
         self.obs_idx[slots], self.next_idx[slots] = obs_idx, next_idx
         both = torch.cat([obs_idx, next_idx], dim=1)
         big = torch.iinfo(torch.int64).max
@@ -140,24 +199,31 @@ class FrameStorage:
         self.reward[slots] = _tensor(items.reward, dev)
         self.discount[slots] = _tensor(items.discount, dev)
 
-    def _stacks(self, idx: torch.Tensor) -> torch.Tensor:
-        rows = torch.where(idx < 0, torch.full_like(idx, self.ring), idx % self.ring)
-        return self.frames[rows]  # [B, stack, H, W]
-
     def gather(self, slots: torch.Tensor) -> Batch:
-        return Batch(self._stacks(self.obs_idx[slots]), self.action[slots], self.reward[slots],
-                     self.discount[slots], self._stacks(self.next_idx[slots]))
+        return Batch(self.ring.stacks(self.obs_idx[slots]), self.action[slots],
+                     self.reward[slots], self.discount[slots],
+                     self.ring.stacks(self.next_idx[slots]))
 
     def valid(self, slots: torch.Tensor) -> torch.Tensor:
-        oldest = self.oldest[slots]
-        return (oldest >= 0) & (self.writes - oldest <= self.ring)
+        return self.ring.intact(self.oldest[slots])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"ring": self.ring.state_dict(),
+                **{name: getattr(self, name).cpu() for name in self._COLUMNS}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name in self._COLUMNS:
+            load_tensor(getattr(self, name), state[name], name)
+        self.ring.load_state_dict(state["ring"])
+
+    def nbytes(self) -> int:
+        return self.ring.nbytes() + tensors_nbytes(*(getattr(self, n) for n in self._COLUMNS))
 
 
 class ReplayBuffer:
     """A fixed-capacity ring of transitions, oldest overwritten first."""
 
-    def __init__(self, capacity: int, storage: Storage,
-                 sampler: UniformSampler | PrioritizedSampler) -> None:
+    def __init__(self, capacity: int, storage: Storage, sampler: Sampler) -> None:
         self.capacity, self.storage, self.sampler = capacity, storage, sampler
         self.device = sampler.device
         self._next = 0
@@ -207,56 +273,25 @@ class ReplayBuffer:
 
     def nbytes(self) -> int:
         """Device bytes held by storage and sampler (the sum tree included)."""
-        total = 0
-        for part in (self.storage, self.sampler):
-            for v in vars(part).values():
-                if hasattr(v, "tree"):  # the SumTree of a prioritized sampler
-                    v = v.tree
-                for t in v if isinstance(v, tuple) else (v,):
-                    if isinstance(t, torch.Tensor):
-                        total += t.numel() * t.element_size()
-        return total
+        return self.storage.nbytes() + self.sampler.nbytes()
 
     def state_dict(self) -> dict[str, Any]:
-        """Every tensor and counter of storage and sampler, on the CPU (for --resume)."""
-        def plain(obj: object) -> dict[str, Any]:
-            out: dict[str, Any] = {}
-            for k, v in vars(obj).items():
-                if isinstance(v, torch.Tensor):
-                    out[k] = v.detach().cpu()
-                elif isinstance(v, tuple) and v and all(isinstance(t, torch.Tensor) for t in v):
-                    out[k] = [t.detach().cpu() for t in v]  # DenseStorage's columns
-                elif isinstance(v, int | float) and not isinstance(v, bool):
-                    out[k] = v
-                elif k == "tree" and hasattr(v, "tree"):
-                    out["tree"] = v.tree.detach().cpu()
-            return out
-
+        """Storage and sampler contents on the CPU, with the ring's position."""
         return {"next": self._next, "size": self._size, "capacity": self.capacity,
-                "storage": plain(self.storage), "sampler": plain(self.sampler)}
+                "storage": self.storage.state_dict(), "sampler": self.sampler.state_dict()}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        """Restore saved contents; ValueError when they belong to another configuration."""
+        if state is None:
+            return
         if int(state["capacity"]) != self.capacity:
             raise ValueError(f"saved replay has capacity {state['capacity']}, "
                              f"this run {self.capacity}")
-        for target, saved in ((self.storage, state["storage"]), (self.sampler, state["sampler"])):
-            for k, v in saved.items():
-                current = getattr(target, k, None)
-                if k == "tree" and hasattr(current, "tree"):
-                    current.tree.copy_(v)
-                elif isinstance(current, tuple):
-                    for dst, src in zip(current, v, strict=True):
-                        if dst.shape != src.shape:
-                            raise ValueError(f"saved replay's {k} has shape "
-                                             f"{tuple(src.shape)}, this run {tuple(dst.shape)}")
-                        dst.copy_(src)
-                elif isinstance(current, torch.Tensor):
-                    if current.shape != v.shape:
-                        raise ValueError(f"saved replay's {k} has shape {tuple(v.shape)}, "
-                                         f"this run {tuple(current.shape)}")
-                    current.copy_(v)
-                elif current is not None:
-                    setattr(target, k, v)
+        try:
+            self.storage.load_state_dict(state["storage"])
+            self.sampler.load_state_dict(state["sampler"])
+        except KeyError as err:  # another storage or sampler kind saved it
+            raise ValueError(f"saved replay lacks {err}") from None
         self._next, self._size = int(state["next"]), int(state["size"])
 
 
@@ -306,6 +341,13 @@ class StreamBuffer:
         """A stream preallocates nothing on the device."""
         return 0
 
+    def state_dict(self) -> None:
+        """A stream keeps nothing worth saving: a few unlearned transitions at most."""
+        return None
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        """Nothing to restore (see `state_dict`)."""
+
 
 def make_replay(kind: str, capacity: int, obs_shape: tuple[int, ...], obs_dtype: np.dtype,
                 device: torch.device, *, frame_refs: bool = False, num_streams: int = 0,
@@ -320,7 +362,7 @@ def make_replay(kind: str, capacity: int, obs_shape: tuple[int, ...], obs_dtype:
                                device)
     else:
         storage = DenseStorage(capacity, obs_shape, obs_dtype, device)
-    sampler = (PrioritizedSampler(capacity, device, alpha=alpha, beta0=beta0,
+    sampler: Sampler = (PrioritizedSampler(capacity, device, alpha=alpha, beta0=beta0,
                                   beta_steps=beta_steps)
                if kind == "prioritized" else UniformSampler(capacity, device))
     return ReplayBuffer(capacity, storage, sampler)

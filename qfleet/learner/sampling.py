@@ -8,7 +8,11 @@ update — a loop over tree levels (≈20 for a million slots), never over items
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+
+from qfleet.learner.persist import load_tensor, tensors_nbytes
 
 
 def linear_anneal(step: int, start: float, end: float, steps: int) -> float:
@@ -51,6 +55,15 @@ class SumTree:
             node = 2 * node + right.long()
         return node - self.size
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"tree": self.tree.cpu()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        load_tensor(self.tree, state["tree"], "sum tree")
+
+    def nbytes(self) -> int:
+        return tensors_nbytes(self.tree)
+
 
 class UniformSampler:
     def __init__(self, capacity: int, device: torch.device | str = "cpu") -> None:
@@ -70,6 +83,16 @@ class UniformSampler:
 
     def invalidate(self, slots: torch.Tensor, keep: torch.Tensor) -> None:
         """Uniform sampling has no priorities to zero; the buffer swaps the slots out."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Nothing but the slots' count, which the buffer keeps."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Nothing to restore (see `state_dict`)."""
+
+    def nbytes(self) -> int:
+        return 0
 
 
 class PrioritizedSampler:
@@ -107,3 +130,14 @@ class PrioritizedSampler:
     def invalidate(self, slots: torch.Tensor, keep: torch.Tensor) -> None:
         """Zero the priority of `slots` where `keep` is False (others keep theirs)."""
         self.tree.set(slots, torch.where(keep, self.tree.leaves(slots), 0.0))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Priorities and their running maximum; β follows the learner's update count."""
+        return {"tree": self.tree.state_dict(), "max_priority": self.max_priority.cpu()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.tree.load_state_dict(state["tree"])
+        self.max_priority.copy_(state["max_priority"])
+
+    def nbytes(self) -> int:
+        return self.tree.nbytes() + tensors_nbytes(self.max_priority)

@@ -1,0 +1,119 @@
+"""`qfleet bench <name>`: one subcommand per benchmark, each with only the options it takes,
+so an option a benchmark would ignore is refused instead."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, help="Measure a part of the pipeline against its "
+                  "limit (benchmarks print figures; they never assert).")
+
+Seconds = Annotated[float, typer.Option(min=0.5, help="Measuring time.")]
+AsJson = Annotated[bool, typer.Option("--json", help="End with one JSON line.")]
+
+
+def _report(name: str, *args: Any, as_json: bool, **kwargs: Any) -> None:
+    """Run benchmark `name`, print its human lines and (optionally) its JSON line."""
+    from qfleet.learner.learner import LearnerError
+
+    module = importlib.import_module(f"qfleet.bench.{name}")
+    try:
+        result = module.run(*args, **kwargs)
+    except LearnerError as err:
+        print(f"qfleet: error: {err}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    for line in module.describe(result):
+        print(line)
+    if as_json:
+        print(json.dumps(result))
+
+
+def _device(value: str) -> str:
+    if value not in ("auto", "cpu", "cuda"):
+        raise typer.BadParameter(f"expected auto, cpu or cuda, got {value!r}")
+    return value
+
+
+@app.command()
+def envs(seconds: Seconds = 9.0, as_json: AsJson = False) -> None:
+    """ALE vector env vs one Gymnasium env with the same preprocessing."""
+    _report("envs", seconds, as_json=as_json)
+
+
+@app.command()
+def actors(seconds: Seconds = 9.0, as_json: AsJson = False) -> None:
+    """One actor, inference included, vs the bare vector env on the same cores."""
+    _report("actors", seconds, as_json=as_json)
+
+
+@app.command()
+def learner(seconds: Seconds = 9.0,
+            batch_size: Annotated[int, typer.Option(min=1, help="Batch size.")] = 32,
+            device: Annotated[str, typer.Option(help="auto, cpu or cuda.",
+                                                callback=_device)] = "auto",
+            as_json: AsJson = False) -> None:
+    """Learner.step vs a bare torch loop with the same network, loss and optimizer."""
+    _report("learner", seconds, batch_size=batch_size, device=device, as_json=as_json)
+
+
+@app.command()
+def replay(seconds: Seconds = 9.0,
+           device: Annotated[str, typer.Option(help="cpu or cuda.",
+                                               callback=_device)] = "cpu",
+           as_json: AsJson = False) -> None:
+    """Bytes per stored Atari transition; insert and sample throughput."""
+    _report("replay", seconds, device="cuda" if device == "cuda" else "cpu", as_json=as_json)
+
+
+@app.command()
+def pipeline(seconds: Seconds = 9.0,
+             actors: Annotated[int, typer.Option(min=1, help="Number of actors.")] = 2,
+             env_id: Annotated[str, typer.Option("--env", help="Env id.")] = "CartPole-v1",
+             address: Annotated[str | None, typer.Option(help="Ray address.")] = None,
+             actor_resources: Annotated[str | None, typer.Option(
+                 help='JSON resources per actor, e.g. \'{"qfleet_worker_node": 1}\'.')] = None,
+             as_json: AsJson = False) -> None:
+    """Transitions/s into the learner's replay and CPU-µs per transition crossing."""
+    from qfleet.cli import local_token_auth
+
+    local_token_auth(address)
+    try:
+        resources = json.loads(actor_resources) if actor_resources else None
+    except json.JSONDecodeError as err:
+        raise typer.BadParameter(f"not JSON: {err}", param_hint="--actor-resources") from None
+    _report("pipeline", seconds, actors=actors, env_id=env_id, address=address,
+            actor_resources=resources, as_json=as_json)
+
+
+@app.command()
+def soak(seconds: Seconds = 660.0, as_json: AsJson = False) -> None:
+    """Memory of every process of a real spaceinvaders-cpu run: flat once the replay is full."""
+    _report("soak", seconds, as_json=as_json)
+
+
+@app.command()
+def recovery(seconds: Seconds = 9.0,
+             kill_after: Annotated[float, typer.Option(
+                 min=1.0, help="Seconds of training before the kill.")] = 20.0,
+             as_json: AsJson = False) -> None:
+    """SIGKILL one of the run's actors: seconds until throughput is back."""
+    _report("recovery", seconds, kill_after_s=kill_after, as_json=as_json)
+
+
+@app.command()
+def chaos(seconds: Annotated[float, typer.Option(min=30.0, help="Length of the run.")] = 150.0,
+          kills: Annotated[int, typer.Option(min=1, max=20, help="Processes to kill.")] = 4,
+          learner_kills: Annotated[int | None, typer.Option(
+              min=0, help="How many of the kills hit the learner (default: half).")] = None,
+          seed: Annotated[int, typer.Option(help="Seed of the kill schedule.")] = 0,
+          checkpoint_every: Annotated[int, typer.Option(
+              min=1, help="log.checkpoint_every_updates of the run.")] = 500,
+          as_json: AsJson = False) -> None:
+    """SIGKILL actors and the learner of a real CartPole run at random moments."""
+    _report("chaos", seconds, kills=kills, learner_kills=learner_kills, seed=seed,
+            checkpoint_every=checkpoint_every, as_json=as_json)

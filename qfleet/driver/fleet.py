@@ -1,0 +1,289 @@
+"""The driver's loop: start the fleet, then a short list of timers until a reason to stop.
+
+The driver never touches transitions or weights in steady state: it pulls one small
+`FleetStats` from the learner per tick, and hands the work to three parts: placement
+(where things run), supervision (what died and comes back) and the run record (what the
+run leaves behind and why it ended).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import statistics
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import ray
+
+from qfleet.config import Config
+from qfleet.driver.placement import check_placeable, resolve_fleet
+from qfleet.driver.record import RunRecord, StopReason
+from qfleet.driver.supervision import FleetFailure, Supervisor, describe_failure
+from qfleet.envs import EnvSpec
+from qfleet.reporting import Rates, Reporter
+from qfleet.stats import Counters, FleetStats
+from qfleet.storage import RunStorage
+from qfleet.transitions import Episode
+
+TICK_S = 0.25
+
+
+class Every:
+    """A timer for the loop: `due(now)` is true once per `period_s`."""
+
+    def __init__(self, period_s: float, start: float) -> None:
+        self.period_s, self.last = period_s, start
+
+    def due(self, now: float) -> bool:
+        if now - self.last < self.period_s:
+            return False
+        self.last = now
+        return True
+
+
+class Fleet:
+    def __init__(self, config: Config, spec: EnvSpec, storage: RunStorage, *,
+                 command_start: float, resume: dict[str, Any] | None = None,
+                 reporter: Reporter | None = None) -> None:
+        """`resume`: a loaded checkpoint (and its replay) to continue from."""
+        self.config, self.spec = config, spec
+        self.command_start = command_start
+        self.resume = resume
+        self.counters = Counters.from_dict(resume["counters"]) if resume else Counters()
+        self.reporter = reporter or Reporter(config, storage.local,
+                                             start_step=self.counters.env_steps)
+        self.record = RunRecord(config, spec, storage, self.reporter)
+        self.sup: Supervisor | None = None
+        self.nodes: set[str] = set()
+        self.eval_mean: float | None = None
+        self.eval_std: float | None = None
+        self.time_to_target: float | None = None
+        self._next_checkpoint = self.counters.updates + config.log.checkpoint_every_updates
+        self._nonfinite = (0, 0)  # (learner generation, skipped updates reported)
+        self._last_report = (time.monotonic(), self.counters)
+        self._train_start = time.monotonic()
+
+    # -- the run ---------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Train until a reason to stop; write the final checkpoint and the summary."""
+        self.record.write_config(self.config)
+        elastic = self.config.actors.num_actors == "auto"
+        self.config = c = resolve_fleet(self.config)
+        self.record.config = c
+        check_placeable(c)
+        self.sup = Supervisor(c, self.spec, self.reporter, self._restart_state)
+        self.sup.start(self._start_state())
+        self.reporter.print(
+            f"qfleet: {c.env.id} | learner on {self.sup.learner_device} | "
+            f"{c.actors.num_actors} actors x {c.actors.envs_per_actor} envs | "
+            f"run dir {self.record.run_dir}")
+        try:
+            with _stop_signals(self.record):
+                self._loop(elastic)
+        except KeyboardInterrupt:
+            self.record.stop(StopReason.INTERRUPTED, "interrupted (Ctrl-C); final "
+                             "checkpoint written")
+        except FleetFailure as failure:
+            self.record.stop(failure.reason, str(failure))
+        except ray.exceptions.RayError as err:  # Ray itself failed under the driver
+            self.record.stop(StopReason.RAY_FAILURE, f"Ray failed: {describe_failure(err)}")
+        return self._finish()
+
+    def _loop(self, elastic: bool) -> None:
+        assert self.sup is not None
+        sup, c = self.sup, self.config
+        self._train_start = start = time.monotonic()
+        self._last_report = (start, self.counters)
+        report, grow, evaluate = Every(1.0, start), Every(2.0, start), Every(c.eval.every_s,
+                                                                                start)
+        while not self.record.stopped:
+            stats = sup.poll_stats(TICK_S)
+            now = time.monotonic()
+            if stats is not None:
+                self._absorb(stats)
+                if report.due(now):
+                    self._report(stats, now)
+                if stats.counters.updates >= self._next_checkpoint:
+                    self._checkpoint()
+                if (not sup.evaluating and stats.counters.updates > 0
+                        and evaluate.due(now)):
+                    sup.launch_evaluation(stats.weights)
+            sup.check_actors()
+            if elastic and grow.due(now):
+                sup.grow()
+            if (episodes := sup.evaluation()) is not None:
+                self._record_eval(episodes)
+            self.record.sync()
+            self._check_budget(now - start)
+
+    # -- each tick -------------------------------------------------------------------------
+    def _absorb(self, stats: FleetStats) -> None:
+        assert self.sup is not None
+        self.counters = stats.counters
+        self.nodes |= stats.actor_nodes
+        learner = stats.learner
+        generation, seen = self._nonfinite
+        if generation != self.sup.generation:  # a restarted learner counts from zero
+            generation, seen = self.sup.generation, 0
+        if learner.nonfinite_skipped > seen:
+            self.reporter.print(
+                f"warning: {learner.nonfinite_skipped - seen} update(s) skipped for a NaN/inf "
+                f"loss ({learner.nonfinite_skipped} in all)")
+            seen = learner.nonfinite_skipped
+        self._nonfinite = (generation, seen)
+        if learner.nonfinite_streak >= self.config.learner.max_nonfinite:
+            self.record.stop(StopReason.NONFINITE_LOSS,
+                             f"{learner.nonfinite_streak} NaN/inf losses in a row "
+                             f"(learner.max_nonfinite={self.config.learner.max_nonfinite}); the "
+                             "final checkpoint holds the last good weights")
+        first = stats.counters.episodes - len(stats.episodes) + 1
+        self.reporter.episodes(list(stats.episodes), first, stats.counters.env_steps)
+
+    def _report(self, stats: FleetStats, now: float) -> None:
+        assert self.sup is not None
+        then, before = self._last_report
+        dt = max(now - then, 1e-9)
+        c = stats.counters
+        # A restarted learner's update count may be back at its checkpoint's.
+        rates = Rates(max(c.env_steps - before.env_steps, 0) / dt,
+                      max(c.updates - before.updates, 0) / dt)
+        self.reporter.scalars(stats, rates, c.env_steps)
+        self.reporter.fleet(c.env_steps, actors=self.sup.running_actors,
+                            actor_restarts=self.sup.actor_restarts,
+                            learner_restarts=self.sup.learner_restarts,
+                            chunks_dropped=self.sup.chunks_dropped,
+                            nonfinite_skipped=stats.learner.nonfinite_skipped)
+        self.reporter.status(now - self.command_start, c, rates, self.eval_mean)
+        self._last_report = (now, c)
+
+    def _checkpoint(self) -> None:
+        assert self.sup is not None
+        with_replay = self.config.replay.save_with_checkpoints and self._replay_fits()
+        state = self.sup.learner_call("state", include_replay=with_replay)
+        if state is None:
+            return  # the learner was lost; its restart sets the next checkpoint
+        self.record.checkpoint(state)
+        updates = int(state["counters"]["updates"])
+        self._next_checkpoint = updates + self.config.log.checkpoint_every_updates
+
+    def _replay_fits(self) -> bool:
+        assert self.sup is not None
+        if self.config.replay.kind == "none":
+            return False
+        nbytes = self.sup.learner_call("replay_bytes")
+        return nbytes is not None and self.record.replay_fits(nbytes)
+
+    def _record_eval(self, episodes: list[Episode]) -> None:
+        returns = [e.ret for e in episodes]
+        self.eval_mean = statistics.fmean(returns)
+        self.eval_std = statistics.pstdev(returns)
+        elapsed = time.monotonic() - self.command_start
+        self.reporter.evaluation(returns, self.counters.env_steps, elapsed)
+        target = self.config.stop.target_return
+        if target is not None and self.eval_mean >= target and self.time_to_target is None:
+            self.time_to_target = elapsed
+            self.record.stop(StopReason.TARGET_RETURN,
+                             f"greedy evaluation reached {self.eval_mean:.1f} (target "
+                             f"{target:g}) {elapsed:.1f} s after the start")
+
+    def _check_budget(self, elapsed: float) -> None:
+        stop, steps = self.config.stop, self.counters.env_steps
+        if stop.env_steps is not None and steps >= stop.env_steps:
+            self.record.stop(StopReason.ENV_STEPS, f"env-step budget spent ({steps:,} of "
+                             f"stop.env_steps={stop.env_steps:,})")
+        elif stop.time_s is not None and elapsed >= stop.time_s:
+            self.record.stop(StopReason.TIME, f"time budget spent (stop.time_s="
+                             f"{stop.time_s:g})")
+
+    # -- starts and restarts -----------------------------------------------------------------
+    def _start_state(self) -> dict[str, Any] | None:
+        if self.resume is None:
+            return None
+        return {k: self.resume.get(k) for k in ("network", "target", "optimizer",
+                                                "counters", "replay")}
+
+    def _restart_state(self) -> tuple[dict[str, Any], str]:
+        state, counters, source = self.record.restart_state(self.counters)
+        self._next_checkpoint = counters.updates + self.config.log.checkpoint_every_updates
+        return state, source
+
+    # -- the end -----------------------------------------------------------------------------
+    def _finish(self) -> dict[str, Any]:
+        assert self.sup is not None and self.record.stopped_by is not None
+        sup, record = self.sup, self.record
+        final = sup.stop_learner()
+        if final is not None:
+            network = final["network"]
+            self.counters = Counters.from_dict(final["counters"])
+            path = record.checkpoint(final)
+            self.reporter.print(f"checkpoint written: {path}")
+            self._save_replay(self.counters.updates)
+            if record.stopped_by.budget:  # the summary reports the final weights' return
+                episodes = sup.final_evaluation(network)
+                if episodes is not None:
+                    self._record_eval(episodes)
+        else:
+            path = record.newest_checkpoint()
+        sup.shutdown()
+        wall = time.monotonic() - self.command_start
+        s = self.counters
+        saved = (self.resume or {}).get("replay")
+        summary = record.write_summary({
+            "env_id": self.config.env.id,
+            "env_steps": s.env_steps,
+            "updates": s.updates,
+            "episodes": s.episodes,
+            "wall_time_s": round(wall, 3),
+            "train_time_s": round(time.monotonic() - self._train_start, 3),
+            "eval_return_mean": self.eval_mean,
+            "eval_return_std": self.eval_std,
+            "target_return": self.config.stop.target_return,
+            "time_to_target_s": (None if self.time_to_target is None
+                                 else round(self.time_to_target, 3)),
+            "actor_restarts": sup.actor_restarts,
+            "learner_restarts": sup.learner_restarts,
+            "chunks_dropped": sup.chunks_dropped,
+            "actor_nodes": len(self.nodes),
+            "actor_node_ids": sorted(self.nodes),
+            "learner_node_id": sup.learner_node,
+            "num_actors": len(sup.actors),
+            "learner_device": sup.learner_device,
+            "checkpoint": None if path is None else str(path),
+            "replay_restored": int(saved["size"]) if saved else 0,
+        })
+        self.reporter.status(wall, s, Rates(s.env_steps / max(wall, 1e-9),
+                                            s.updates / max(wall, 1e-9)),
+                             self.eval_mean, force=True)
+        self.reporter.close()
+        record.sync(force=True)
+        return summary
+
+    def _save_replay(self, updates: int) -> None:
+        """Keep the replay for --resume (after the final checkpoint)."""
+        assert self.sup is not None
+        if not self.config.replay.save_on_exit or not self._replay_fits():
+            return
+        replay = self.sup.learner_call("replay_state")
+        if replay is not None and replay["size"] > 0:
+            self.record.save_replay(updates, replay)
+
+
+@contextlib.contextmanager
+def _stop_signals(record: RunRecord) -> Iterator[None]:
+    """SIGTERM (`ray job stop`, Kubernetes) ends the run like Ctrl-C, with exit code 143.
+    Signals can only be caught on the main thread; elsewhere the caller handles them."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(*_: Any) -> None:
+        record.stop(StopReason.TERMINATED, "terminated (SIGTERM); final checkpoint written")
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,167 @@
+"""The run record: what a run leaves behind, and why it ended.
+
+Checkpoints, replay saves, the storage mirror and `summary.json` are written here, and
+`stop()` is the one place where the reason a run ends (`stopped_by`) and its exit code are
+decided: the first reason given wins.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from qfleet.checkpoint import (
+    CheckpointError,
+    find_checkpoint,
+    load_checkpoint,
+    load_replay,
+    save_checkpoint,
+    save_replay,
+)
+from qfleet.config import Config, save_config
+from qfleet.envs import EnvSpec
+from qfleet.reporting import Reporter
+from qfleet.stats import Counters
+from qfleet.storage import RunStorage
+
+SYNC_EVERY_S = 60.0
+
+
+class StopReason(StrEnum):
+    """Why a run ended, as `summary.json`'s `stopped_by` says it; each has its exit code."""
+
+    TARGET_RETURN = "target_return"
+    ENV_STEPS = "env_steps"
+    TIME = "time_s"
+    INTERRUPTED = "interrupted"
+    TERMINATED = "terminated"
+    NONFINITE_LOSS = "nonfinite_loss"
+    LEARNER_LOST = "learner_lost"
+    ACTOR_FAILURES = "actor_failures"
+    RAY_FAILURE = "ray_failure"
+
+    @property
+    def exit_code(self) -> int:
+        """0 done, 1 failed, 130 SIGINT (Ctrl-C), 143 SIGTERM (`ray job stop`, Kubernetes)."""
+        return _EXIT_CODES.get(self, 1)
+
+    @property
+    def budget(self) -> bool:
+        """A planned end of training, after which the final weights are evaluated."""
+        return self in (StopReason.ENV_STEPS, StopReason.TIME)
+
+
+_EXIT_CODES = {StopReason.TARGET_RETURN: 0, StopReason.ENV_STEPS: 0, StopReason.TIME: 0,
+               StopReason.INTERRUPTED: 130, StopReason.TERMINATED: 143}
+
+
+class RunRecord:
+    def __init__(self, config: Config, spec: EnvSpec, storage: RunStorage,
+                 reporter: Reporter) -> None:
+        self.config, self.spec, self.storage, self.reporter = config, spec, storage, reporter
+        self.run_dir = storage.local
+        self.stopped_by: StopReason | None = None
+        self.stop_message = ""
+        self._last_sync = time.monotonic()
+
+    # -- why it ends -----------------------------------------------------------------------
+    def stop(self, reason: StopReason, message: str) -> None:
+        """End the run for `reason`, unless an earlier reason already ends it."""
+        if self.stopped_by is None:
+            self.stopped_by, self.stop_message = reason, message
+
+    @property
+    def stopped(self) -> bool:
+        return self.stopped_by is not None
+
+    # -- what it leaves ----------------------------------------------------------------------
+    def write_config(self, config: Config) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, self.run_dir / "config.yaml")
+
+    def checkpoint(self, state: dict[str, Any]) -> Path:
+        """Write a checkpoint (and the replay in `state`, if any, beside it)."""
+        replay = state.pop("replay", None)
+        full = {**state, "config": self.config.to_dict(),
+                "spec": {"obs_shape": list(self.spec.obs_shape),
+                         "obs_dtype": str(self.spec.obs_dtype),
+                         "num_actions": self.spec.num_actions}}
+        path = save_checkpoint(self.run_dir, full, self.config.log.keep_checkpoints)
+        if replay is not None:
+            save_replay(self.run_dir, int(state["counters"]["updates"]), replay)
+        self.sync(force=True)
+        return path
+
+    def newest_checkpoint(self) -> Path | None:
+        try:
+            return find_checkpoint(self.run_dir)
+        except CheckpointError:
+            return None
+
+    def restart_state(self, fleet: Counters) -> tuple[dict[str, Any], Counters, str]:
+        """What a restarted learner starts from: the newest checkpoint's weights, optimizer
+        and learning counters (with its replay when one was saved with it), or fresh weights
+        before the first checkpoint. The fleet's own counters (env steps, episodes, weight
+        versions) never go back: that experience happened. Returns the state, its counters
+        and a description for the console."""
+        path = self.newest_checkpoint()
+        if path is None:
+            counters = Counters(env_steps=fleet.env_steps, episodes=fleet.episodes,
+                                version=fleet.version)
+            return {"counters": counters.to_dict()}, counters, "fresh weights (no checkpoint yet)"
+        saved = load_checkpoint(path)
+        ckpt = Counters.from_dict(saved["counters"])
+        counters = Counters(updates=ckpt.updates, transitions=ckpt.transitions,
+                            env_steps=max(ckpt.env_steps, fleet.env_steps),
+                            episodes=max(ckpt.episodes, fleet.episodes),
+                            version=max(ckpt.version, fleet.version))
+        replay = load_replay(self.run_dir, ckpt.updates)
+        state = {"network": saved["network"], "target": saved["target"],
+                 "optimizer": saved["optimizer"], "counters": counters.to_dict(),
+                 "replay": replay}
+        source = f"checkpoint {path.name}" + (" and its replay" if replay else "")
+        return state, counters, source
+
+    def replay_fits(self, nbytes: int) -> bool:
+        """Whether the disk has room for a replay of `nbytes` (twice, to be safe)."""
+        free = shutil.disk_usage(self.run_dir).free
+        if nbytes * 2 > free:
+            self.reporter.print(f"replay not saved: {nbytes / 2**30:.1f} GiB needed, "
+                                f"{free / 2**30:.1f} GiB free on disk")
+            return False
+        return True
+
+    def save_replay(self, updates: int, replay: dict[str, Any]) -> None:
+        path = save_replay(self.run_dir, updates, replay)
+        self.reporter.print(f"replay saved: {path} ({replay['size']:,} transitions)")
+
+    def sync(self, force: bool = False) -> None:
+        """Mirror the run directory to its storage URI (if any): when forced, else at most
+        once a minute."""
+        now = time.monotonic()
+        if not force and now - self._last_sync < SYNC_EVERY_S:
+            return
+        self._last_sync = now
+        if self.storage.uri is None:
+            return
+        self.reporter.writer.flush()
+        try:
+            self.storage.sync()
+        except OSError as err:  # keep training; the next sync retries
+            self.reporter.print(f"warning: upload to {self.storage.uri} failed: {err}")
+
+    def write_summary(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """`summary.json` (atomically), with why the run ended; returns what it wrote."""
+        assert self.stopped_by is not None, "a summary needs a reason to stop"
+        summary = {**summary, "stopped_by": self.stopped_by.value,
+                   "stop_message": self.stop_message, "exit_code": self.stopped_by.exit_code,
+                   "run_uri": self.storage.uri}
+        tmp = self.run_dir / "summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        os.replace(tmp, self.run_dir / "summary.json")
+        return summary

@@ -1,0 +1,375 @@
+"""Supervision: the lifecycles of the learner, the actors and the evaluator.
+
+Everything that can die is watched here and brought back: a lost learner is restarted
+from the newest checkpoint and the running actors are pointed at it; a dead actor is
+restarted with a growing backoff; a lost evaluator is recreated. Each has a budget, and a
+part that keeps failing past it ends the run (`FleetFailure`) with its own error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import ray
+
+from qfleet.config import Config
+from qfleet.driver.placement import actor_options, evaluator_options, learner_options
+from qfleet.driver.record import StopReason
+from qfleet.envs import EnvSpec
+from qfleet.learner.learner import LearnerError
+from qfleet.remote import RemoteActor, RemoteEvaluator, RemoteLearner
+from qfleet.reporting import Reporter
+from qfleet.stats import FleetStats
+from qfleet.transitions import Episode
+
+UNREACHABLE_S = 20.0
+"""A learner unreachable (not dead) this long is given up on and restarted."""
+BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.5, 30.0
+EVAL_GRACE_S = 2.0
+"""How long the end of a run waits for an evaluation still running before abandoning it."""
+
+
+class FleetFailure(Exception):
+    """A part of the fleet failed past its budget: the run cannot go on."""
+
+    def __init__(self, reason: StopReason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def describe_failure(err: BaseException) -> str:
+    """One line on why a remote call failed: the part's own exception where it raised one
+    (an env's error, say), not Ray's wrapper around it."""
+    if isinstance(err, ray.exceptions.RayTaskError):
+        cause = err.cause if err.cause is not None else err
+        while isinstance(cause, ray.exceptions.RayTaskError) and cause.cause is not None:
+            cause = cause.cause
+        text = str(cause).strip().splitlines()
+        return f"{type(cause).__name__}: {text[0] if text else ''}".rstrip(": ")
+    if isinstance(err, ray.exceptions.ActorUnavailableError):
+        return "unreachable (ActorUnavailableError)"
+    if isinstance(err, ray.exceptions.ActorDiedError):
+        if err.preempted or "its node has died" in str(err):
+            return "its node died (ActorDiedError)"
+        return "its process died (ActorDiedError)"
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _learner_start_error(err: BaseException) -> BaseException:
+    """A learner that refused its config in its constructor (replay too big for its GPU,
+    no GPU visible) is bad input, reported as its own one line."""
+    import re
+
+    match = re.search(r"LearnerError: (.+)", str(err))
+    if match:
+        return LearnerError(match.group(1).strip())
+    return FleetFailure(StopReason.RAY_FAILURE,
+                        f"the learner failed to start: {describe_failure(err)}")
+
+
+class Supervisor:
+    def __init__(self, config: Config, spec: EnvSpec, reporter: Reporter,
+                 restart_state: Callable[[], tuple[dict[str, Any], str]]) -> None:
+        """`restart_state()` gives a restarted learner its start state and a description
+        of where it comes from (the run record knows the newest checkpoint)."""
+        self.config, self.spec, self.reporter = config, spec, reporter
+        self._cfg = config.to_dict()
+        self._restart_state = restart_state
+        # The learner.
+        self.learner: Any = None
+        self.generation = 0
+        self.learner_restarts = 0
+        self.learner_device = "?"
+        self.learner_node: str | None = None
+        self._stats_ref: ray.ObjectRef | None = None
+        self._unreachable_since: float | None = None
+        self._starting: tuple[ray.ObjectRef, float] | None = None
+        self._switches: list[ray.ObjectRef] = []
+        self.chunks_dropped = 0
+        self._finishing = False  # the run is ending: a lost learner is not restarted
+        # The actors.
+        self.actors: dict[int, Any] = {}
+        self.runs: dict[ray.ObjectRef, int] = {}
+        self.actor_restarts = 0
+        self._failures: dict[int, deque[float]] = {}
+        self._due: dict[int, float] = {}  # actor index -> when its restart is due
+        self._chunks: dict[int, int] = {}
+        self._chunks_at_start: dict[int, int] = {}
+        # The evaluator.
+        self.evaluator: Any = None
+        self._eval_ref: ray.ObjectRef | None = None
+
+    # -- start and stop ----------------------------------------------------------------------
+    def start(self, state: dict[str, Any] | None) -> None:
+        """Create learner, actors and evaluator at once (their start-ups overlap); wait for
+        the learner, within `learner.start_timeout_s`."""
+        self.learner = self._new_learner(state)
+        for i in range(int(self.config.actors.num_actors)):
+            self._start_actor(i)
+        ref = self.learner.placement.remote()
+        ready, _ = ray.wait([ref], timeout=self.config.learner.start_timeout_s)
+        if not ready:
+            raise FleetFailure(StopReason.RAY_FAILURE, "the learner did not start within "
+                               f"learner.start_timeout_s={self.config.learner.start_timeout_s:g}"
+                               " s (no node can host it?)")
+        try:
+            self._placed(ray.get(ref))
+        except ray.exceptions.RayError as err:
+            raise _learner_start_error(err) from None
+        self._start_evaluator()
+
+    def stop_learner(self) -> dict[str, Any] | None:
+        """Stop learning (actors stop at their next send); the final state, or None when
+        the learner is gone."""
+        self._finishing = True
+        if self._starting is not None or self.learner is None:
+            return None
+        try:
+            return ray.get(self.learner.stop.remote(), timeout=120)
+        except ray.exceptions.RayError as err:
+            self.reporter.print(f"learner lost at the end ({describe_failure(err)}); "
+                                "the newest checkpoint holds its weights")
+            return None
+
+    def learner_call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """A call to the learner that notices its loss (and starts its restart): None
+        then, or while it restarts."""
+        if self._starting is not None or self.learner is None:
+            return None
+        try:
+            return ray.get(getattr(self.learner, method).remote(*args, **kwargs))
+        except ray.exceptions.RayError as err:
+            self._learner_lost(describe_failure(err))
+            return None
+
+    def shutdown(self) -> None:
+        """Abandon whatever still runs: actors waiting for a learner, an evaluation."""
+        for actor in self.actors.values():
+            with contextlib.suppress(Exception):
+                ray.kill(actor, no_restart=True)
+        if self.evaluator is not None:
+            with contextlib.suppress(Exception):
+                ray.kill(self.evaluator, no_restart=True)
+
+    # -- the learner -------------------------------------------------------------------------
+    def _new_learner(self, state: dict[str, Any] | None) -> Any:
+        return RemoteLearner.options(**learner_options(self.config)).remote(
+            self._cfg, self.spec, state)
+
+    @property
+    def learner_up(self) -> bool:
+        return self._starting is None
+
+    def poll_stats(self, timeout: float) -> FleetStats | None:
+        """The learner's stats, waiting up to `timeout`; None when not there yet, or while
+        a lost learner restarts (which this drives)."""
+        if self._starting is not None:
+            time.sleep(timeout)
+            self._check_restart()
+            return None
+        if self._stats_ref is None:
+            self._stats_ref = self.learner.stats.options(enable_task_events=False).remote()
+        ready, _ = ray.wait([self._stats_ref], timeout=timeout)
+        if not ready:
+            return None
+        ref, self._stats_ref = self._stats_ref, None
+        try:
+            stats = ray.get(ref)
+        except ray.exceptions.ActorUnavailableError as err:
+            now = time.monotonic()
+            self._unreachable_since = self._unreachable_since or now
+            if now - self._unreachable_since >= UNREACHABLE_S:
+                self._learner_lost(describe_failure(err))
+            return None
+        except ray.exceptions.RayError as err:
+            self._learner_lost(describe_failure(err))
+            return None
+        self._unreachable_since = None
+        self._chunks = stats.chunks_by_actor
+        return stats
+
+    def _learner_lost(self, reason: str) -> None:
+        """Restart the learner from the newest checkpoint, or end the run past the budget."""
+        self._stats_ref, self._unreachable_since = None, None
+        with contextlib.suppress(Exception):
+            ray.kill(self.learner, no_restart=True)
+        if self._finishing:
+            self.learner = None
+            self.reporter.print(f"learner lost at the end ({reason})")
+            return
+        budget = self.config.learner.max_restarts
+        if self.learner_restarts >= budget:
+            self.learner = None
+            raise FleetFailure(StopReason.LEARNER_LOST,
+                               f"the learner was lost ({reason}) after {self.learner_restarts} "
+                               f"restart(s); learner.max_restarts={budget} allows no more")
+        self.learner_restarts += 1
+        state, source = self._restart_state()
+        self.reporter.print(f"learner lost ({reason}); restarting it from {source} "
+                            f"(restart {self.learner_restarts} of {budget})")
+        self.generation += 1
+        self.learner = self._new_learner(state)
+        self._starting = (self.learner.placement.remote(), time.monotonic())
+
+    def _placed(self, placement: tuple[str, str, list[str]]) -> None:
+        self.learner_device, self.learner_node, notes = placement
+        for note in notes:
+            self.reporter.print(f"learner: {note}")
+
+    def _check_restart(self) -> None:
+        """Once the restarted learner is up, point every running actor at it."""
+        assert self._starting is not None
+        ref, since = self._starting
+        waited = time.monotonic() - since
+        if not ray.wait([ref], timeout=0)[0]:
+            if waited > self.config.learner.start_timeout_s:
+                self._starting = None
+                self._learner_lost(f"its restart did not come up within "
+                                   f"{self.config.learner.start_timeout_s:g} s")
+            return
+        try:
+            self._placed(ray.get(ref))
+        except ray.exceptions.RayError as err:
+            self._starting = None
+            self._learner_lost(f"its restart failed: {describe_failure(err)}")
+            return
+        self._starting = None
+        self._switches = [actor.set_learner.remote(self.learner, self.generation)
+                          for actor in self.actors.values()]
+        self.reporter.print(f"learner back on {self.learner_device} after {waited:.1f} s; "
+                            f"{len(self._switches)} actor(s) pointed at it")
+
+    def _collect_switches(self) -> None:
+        """Chunks the actors lost with the old learner, as they report switching."""
+        if not self._switches:
+            return
+        done, self._switches = ray.wait(self._switches, num_returns=len(self._switches),
+                                        timeout=0)
+        for ref in done:
+            with contextlib.suppress(ray.exceptions.RayError):  # a dead actor: its restart
+                self.chunks_dropped += int(ray.get(ref))
+
+    # -- the actors --------------------------------------------------------------------------
+    def _start_actor(self, index: int) -> None:
+        seed = self.config.env.seed + 1000 * index + 7919 * self.actor_restarts + 1
+        actor = RemoteActor.options(**actor_options(self.config)).remote(
+            self._cfg, self.spec, index, seed, self.learner, self.generation)
+        self.actors[index] = actor
+        self.runs[actor.run.remote()] = index
+        self._chunks_at_start[index] = self._chunks.get(index, 0)
+
+    def check_actors(self) -> None:
+        """Restart actors whose loop ended with an error, each after a backoff that doubles
+        with its restarts inside `actors.restart_window_s`; past `actors.max_restarts`
+        there, the run fails with the actor's own error."""
+        self._collect_switches()
+        now = time.monotonic()
+        if self.runs:
+            done, _ = ray.wait(list(self.runs), num_returns=len(self.runs), timeout=0)
+            for ref in done:
+                index = self.runs.pop(ref)
+                try:
+                    ray.get(ref)
+                    continue  # a clean return: the learner told it to stop
+                except ray.exceptions.RayError as err:
+                    self._actor_failed(index, describe_failure(err), now)
+        for index, due in list(self._due.items()):
+            if now >= due:
+                del self._due[index]
+                self._start_actor(index)
+
+    def _actor_failed(self, index: int, reason: str, now: float) -> None:
+        a = self.config.actors
+        failures = self._failures.setdefault(index, deque())
+        while failures and now - failures[0] > a.restart_window_s:
+            failures.popleft()
+        failures.append(now)
+        if len(failures) > a.max_restarts:
+            raise FleetFailure(StopReason.ACTOR_FAILURES,
+                               f"actor {index} failed {len(failures)} times within "
+                               f"{a.restart_window_s:g} s (actors.max_restarts="
+                               f"{a.max_restarts}); its last error: {reason}")
+        delay = min(BACKOFF_FIRST_S * 2 ** (len(failures) - 1), BACKOFF_MAX_S)
+        self.actor_restarts += 1
+        self.reporter.print(f"actor {index} died ({reason}); restarting it in {delay:.1f} s "
+                            f"(restart #{self.actor_restarts})")
+        with contextlib.suppress(Exception):
+            ray.kill(self.actors[index], no_restart=True)
+        self._due[index] = now + delay
+
+    def grow(self) -> None:
+        """An `auto` fleet takes the CPUs of nodes that joined: one more actor per check,
+        and only once every actor started so far is streaming."""
+        a = self.config.actors
+        if len(self.actors) >= a.fleet_size or not self.learner_up:
+            return
+        if any(self._chunks.get(i, 0) <= n for i, n in self._chunks_at_start.items()):
+            return
+        free = ray.available_resources()
+        if free.get("CPU", 0.0) >= a.num_cpus and all(
+                free.get(k, 0.0) >= v for k, v in a.resources.items()):
+            index = max(self.actors) + 1
+            self.reporter.print(f"a node with free CPUs joined: starting actor {index}")
+            self._start_actor(index)
+
+    @property
+    def running_actors(self) -> int:
+        return len(self.runs)
+
+    # -- the evaluator -----------------------------------------------------------------------
+    def _start_evaluator(self) -> None:
+        self.evaluator = RemoteEvaluator.options(
+            **evaluator_options(self.learner_node)).remote(self._cfg, self.spec)
+
+    @property
+    def evaluating(self) -> bool:
+        return self._eval_ref is not None
+
+    def launch_evaluation(self, weights: Any) -> None:
+        c = self.config.eval
+        self._eval_ref = self.evaluator.evaluate.remote(weights, c.episodes, c.epsilon)
+
+    def evaluation(self, timeout: float | None = 0.0) -> list[Episode] | None:
+        """The running evaluation's episodes once it finished (None before, or when it was
+        lost: a lost evaluator is recreated, an evaluation whose weights died with their
+        learner is skipped, one whose env raised is reported)."""
+        if self._eval_ref is None or not ray.wait([self._eval_ref], timeout=timeout)[0]:
+            return None
+        ref, self._eval_ref = self._eval_ref, None
+        try:
+            results, _ = ray.get(ref)
+        except ray.exceptions.ObjectLostError:
+            self.reporter.print("evaluation skipped: its weights were lost with the learner")
+        except ray.exceptions.RayActorError as err:
+            self.reporter.print(f"evaluator lost ({describe_failure(err)}); recreating it")
+            with contextlib.suppress(Exception):
+                ray.kill(self.evaluator, no_restart=True)
+            self._start_evaluator()
+        except ray.exceptions.RayTaskError as err:
+            self.reporter.print(f"evaluation failed: {describe_failure(err)}")
+        else:
+            return [Episode(*e) for e in results]
+        return None
+
+    def final_evaluation(self, network: dict[str, Any]) -> list[Episode] | None:
+        """Evaluate the final weights: an evaluation still running is given a short grace,
+        then abandoned (its evaluator replaced); a lost evaluator is retried once."""
+        if self._eval_ref is not None:
+            self.evaluation(timeout=EVAL_GRACE_S)
+        if self._eval_ref is not None:
+            self._eval_ref = None
+            with contextlib.suppress(Exception):
+                ray.kill(self.evaluator, no_restart=True)
+            self._start_evaluator()
+        weights = ray.put(network)
+        for _ in range(2):
+            self.launch_evaluation(weights)
+            result = self.evaluation(timeout=None)
+            if result is not None:
+                return result
+        return None

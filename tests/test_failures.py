@@ -1,0 +1,123 @@
+"""Every ending is clean: a lost learner comes back from its checkpoint, a part that keeps
+failing ends the run with its own error, signals and budgets end it with a checkpoint and
+a summary. Real runs of `qfleet train` on a local Ray, real SIGKILLs of the run's own
+processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from qfleet.bench.common import run_processes, scalars
+from tests.conftest import CONFIGS, ROOT, qfleet, summary
+
+
+def start(run_dir: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "qfleet.cli", "train",
+                             str(CONFIGS / "cartpole.yaml"), *args, "--run-dir", str(run_dir)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def kill_learner_after_a_checkpoint(proc: subprocess.Popen[str], run_dir: Path,
+                                    not_before_s: float) -> None:
+    """SIGKILL the run's own learner once a checkpoint exists and `not_before_s` passed."""
+    started = time.monotonic()
+    while (time.monotonic() - started < not_before_s
+           or not list((run_dir / "checkpoints").glob("ckpt-*.pt"))):
+        assert proc.poll() is None, "the run ended before the kill"
+        assert time.monotonic() - started < 240, "no checkpoint was ever written"
+        time.sleep(0.5)
+    learners = run_processes(proc.pid, "learner")
+    assert learners, "no learner process among the run's own"
+    os.kill(learners[0], signal.SIGKILL)
+
+
+def test_a_killed_learner_restarts_from_its_checkpoint_and_the_run_still_solves(run_dir):
+    proc = start(run_dir, "stop.time_s=400", "log.checkpoint_every_updates=300")
+    kill_learner_after_a_checkpoint(proc, run_dir, not_before_s=15)
+    out, err = proc.communicate(timeout=500)
+    assert proc.returncode == 0, out[-3000:] + err[-3000:]
+    assert "restarting it from checkpoint ckpt-" in out
+    assert "learner back on cpu" in out
+    s = summary(run_dir)
+    assert s["learner_restarts"] >= 1 and s["stopped_by"] == "target_return"
+    assert s["eval_return_mean"] >= 475 and s["chunks_dropped"] >= 0
+    restarts = scalars(run_dir, "fleet/learner_restarts")
+    assert restarts and restarts[-1].value >= 1
+    steps = [e.step for e in sorted(scalars(run_dir, "learner/updates"),
+                                    key=lambda e: e.wall_time)]
+    assert steps == sorted(steps)  # the fleet's env steps never went back
+    assert "Traceback" not in out + err
+
+
+def test_a_learner_lost_past_its_restart_budget_ends_the_run_with_a_summary(run_dir):
+    proc = start(run_dir, "stop.target_return=null", "stop.time_s=300",
+                 "log.checkpoint_every_updates=200", "learner.max_restarts=0")
+    kill_learner_after_a_checkpoint(proc, run_dir, not_before_s=0)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, out[-3000:] + err[-3000:]
+    assert err.strip().splitlines()[-1].startswith("qfleet: error: the learner was lost")
+    assert "learner.max_restarts=0" in err
+    s = summary(run_dir)
+    assert s["stopped_by"] == "learner_lost" and s["exit_code"] == 1
+    assert s["checkpoint"] and Path(s["checkpoint"]).is_file()  # the newest one it had
+    assert "Traceback" not in out + err
+
+
+def test_an_env_that_raises_at_every_reset_ends_the_run_with_its_own_error(run_dir):
+    started = time.monotonic()
+    result = qfleet("train", CONFIGS / "cartpole.yaml", "env.id=tests.envs:BrokenReset-v0",
+                    "--run-dir", run_dir, timeout=300)
+    took = time.monotonic() - started
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    assert took < 60, f"took {took:.0f} s"
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("qfleet: error: actor ")
+    assert "RuntimeError: the emulator refused to reset" in last  # the env's own words
+    assert "restarting it in 0.5 s" in result.stdout and "in 1.0 s" in result.stdout
+    assert summary(run_dir)["stopped_by"] == "actor_failures"
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_a_budget_spent_while_a_long_evaluation_runs_ends_cleanly(run_dir):
+    result = qfleet("train", CONFIGS / "cartpole.yaml", "stop.target_return=null",
+                    "stop.env_steps=30000", "eval.every_s=0.2", "eval.episodes=200",
+                    "--run-dir", run_dir)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    s = summary(run_dir)
+    assert s["stopped_by"] == "env_steps" and s["eval_return_mean"] is not None
+    assert "qfleet: done: env-step budget spent" in result.stdout
+    assert json.loads(result.stdout.strip().splitlines()[-2])["stopped_by"] == "env_steps"
+
+
+def test_sigterm_writes_a_final_checkpoint_and_exits_143(run_dir):
+    proc = start(run_dir, "stop.target_return=null", "stop.time_s=300")
+    while not run_processes(proc.pid, "actor"):
+        assert proc.poll() is None
+        time.sleep(0.5)
+    time.sleep(5)
+    proc.send_signal(signal.SIGTERM)  # what `ray job stop` and Kubernetes send
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, out[-3000:] + err[-3000:]
+    s = summary(run_dir)
+    assert s["stopped_by"] == "terminated" and Path(s["checkpoint"]).is_file()
+    assert err.strip().splitlines()[-1] == ("qfleet: stopped: terminated (SIGTERM); final "
+                                            "checkpoint written")
+
+
+def test_the_chaos_benchmark_survives_its_kills_and_still_reaches_the_target():
+    result = qfleet("bench", "chaos", "--seconds", "90", "--kills", "2", "--json",
+                    timeout=400)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["learner_kills"] == 1 and report["actor_kills"] == 1
+    assert report["kills_survived"] == 2 and report["exit_code"] == 0
+    assert report["learner_restarts"] == 1 and report["actor_restarts"] >= 1
+    assert report["env_steps_monotone"]
+    assert report["reached_target"], report

@@ -1,0 +1,73 @@
+"""The run record: why a run ends (first reason wins, each with its exit code), and what a
+restarted learner starts from."""
+
+import torch
+
+from qfleet.actors.actor import Actor
+from qfleet.config import load_config
+from qfleet.driver.record import RunRecord, StopReason
+from qfleet.envs import env_spec
+from qfleet.learner.learner import Learner
+from qfleet.reporting import Reporter
+from qfleet.stats import Counters
+from qfleet.storage import RunStorage
+
+
+def make_record(tmp_path, *overrides):
+    config = load_config(None, ["stop.env_steps=1000", "replay.min_size=32", *overrides])
+    spec = env_spec(config.env)
+    storage = RunStorage(tmp_path / "run")
+    storage.local.mkdir(parents=True)
+    return config, spec, RunRecord(config, spec, storage, Reporter(config, storage.local))
+
+
+def test_the_first_reason_to_stop_wins_and_sets_the_exit_code(tmp_path):
+    _, _, record = make_record(tmp_path)
+    assert not record.stopped
+    record.stop(StopReason.TERMINATED, "terminated (SIGTERM)")
+    record.stop(StopReason.TIME, "time budget spent")
+    assert record.stopped_by is StopReason.TERMINATED
+    summary = record.write_summary({"env_steps": 5})
+    assert summary["stopped_by"] == "terminated" and summary["exit_code"] == 143
+    assert {r.value: r.exit_code for r in StopReason} == {
+        "target_return": 0, "env_steps": 0, "time_s": 0, "interrupted": 130,
+        "terminated": 143, "nonfinite_loss": 1, "learner_lost": 1, "actor_failures": 1,
+        "ray_failure": 1}
+
+
+def test_a_learner_lost_before_any_checkpoint_restarts_fresh_with_the_fleets_counters(
+        tmp_path):
+    config, spec, record = make_record(tmp_path)
+    fleet = Counters(updates=700, env_steps=9000, transitions=8000, episodes=40, version=70)
+    state, counters, source = record.restart_state(fleet)
+    assert "fresh weights" in source
+    assert counters == Counters(updates=0, env_steps=9000, transitions=0, episodes=40,
+                                version=70)
+    learner = Learner(config, spec)
+    learner.load_state_dict(state)
+    assert learner.counters == counters
+
+
+def test_a_learner_restarts_from_the_newest_checkpoint_and_its_replay(tmp_path):
+    config, spec, record = make_record(tmp_path, "replay.save_with_checkpoints=true")
+    actor, learner = Actor(config, spec, 0, 1), Learner(config, spec)
+    learner.add(actor.collect(10))
+    for _ in range(5):
+        learner.step()
+    state = learner.state_dict()
+    state["replay"] = learner.replay_state()
+    record.checkpoint(state)
+    # The fleet went on after the checkpoint (more env steps and versions) until the loss.
+    fleet = Counters(updates=9, env_steps=learner.env_steps + 500, transitions=1,
+                     episodes=learner.episodes + 3, version=learner.version + 4)
+    start, counters, source = record.restart_state(fleet)
+    assert "ckpt-0000000005.pt and its replay" in source
+    assert counters.updates == 5 and counters.transitions == learner.transitions
+    assert counters.env_steps == fleet.env_steps and counters.episodes == fleet.episodes
+    assert counters.version == fleet.version
+    restarted = Learner(config, spec)
+    restarted.load_state_dict(start)
+    assert len(restarted.replay) == len(learner.replay)
+    assert restarted.counters == counters
+    for k, v in learner.online.state_dict().items():
+        assert torch.equal(v, restarted.online.state_dict()[k])
