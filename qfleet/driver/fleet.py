@@ -75,22 +75,25 @@ class Fleet:
         self.record.config = c
         check_placeable(c)
         self.sup = Supervisor(c, self.spec, self.reporter, self._restart_state)
-        self.sup.start(self._start_state())
-        self.reporter.print(
-            f"qfleet: {c.env.id} | learner on {self.sup.learner_device} | "
-            f"{c.actors.num_actors} actors x {c.actors.envs_per_actor} envs | "
-            f"run dir {self.record.run_dir}")
-        try:
-            with _stop_signals(self.record):
+        # From here on a SIGTERM only asks the run to end: the start, the loop and the
+        # final checkpoint and summary all complete first.
+        with _stop_signals(self.record):
+            self.sup.start(self._start_state())  # a failure here: nothing ran to record
+            self.reporter.print(
+                f"qfleet: {c.env.id} | learner on {self.sup.learner_device} | "
+                f"{c.actors.num_actors} actors x {c.actors.envs_per_actor} envs | "
+                f"run dir {self.record.run_dir}")
+            try:
                 self._loop(elastic)
-        except KeyboardInterrupt:
-            self.record.stop(StopReason.INTERRUPTED, "interrupted (Ctrl-C); final "
-                             "checkpoint written")
-        except FleetFailure as failure:
-            self.record.stop(failure.reason, str(failure))
-        except ray.exceptions.RayError as err:  # Ray itself failed under the driver
-            self.record.stop(StopReason.RAY_FAILURE, f"Ray failed: {describe_failure(err)}")
-        return self._finish()
+            except KeyboardInterrupt:
+                self.record.stop(StopReason.INTERRUPTED, "interrupted (Ctrl-C); final "
+                                 "checkpoint written")
+            except FleetFailure as failure:
+                self.record.stop(failure.reason, str(failure))
+            except ray.exceptions.RayError as err:  # Ray itself failed under the driver
+                self.record.stop(StopReason.RAY_FAILURE,
+                                 f"Ray failed: {describe_failure(err)}")
+            return self._finish()
 
     def _loop(self, elastic: bool) -> None:
         assert self.sup is not None

@@ -239,6 +239,9 @@ class Supervisor:
             self._learner_lost(f"its restart failed: {describe_failure(err)}")
             return
         self._starting = None
+        # The new learner counts chunks from zero: an actor is streaming again once it
+        # sent its first (what `grow` waits for).
+        self._chunks, self._chunks_at_start = {}, dict.fromkeys(self.actors, 0)
         self._switches = [actor.set_learner.remote(self.learner, self.generation)
                           for actor in self.actors.values()]
         self.reporter.print(f"learner back on {self.learner_device} after {waited:.1f} s; "
