@@ -27,6 +27,11 @@ def test_unreadable_and_invalid_yaml(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("learner:\n  lr: [1, 2\n")
     assert_one_line_error(qfleet("train", bad), "bad.yaml", "line")
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")  # once trained CartPole with every default for 600 s
+    assert_one_line_error(qfleet("train", empty, "--run-dir", tmp_path / "r"), "is empty")
+    assert not (tmp_path / "r").exists()
+    assert_one_line_error(qfleet("train", "--bogus-option"), "No such option: --bogus-option")
 
 
 def test_evaluate_refuses_missing_truncated_and_foreign_checkpoints(tmp_path):

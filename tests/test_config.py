@@ -46,6 +46,9 @@ def test_overrides_are_typed_and_dotted(tmp_path):
     ("env: {id: CartPole-v1}", ["learner.batch_size=abc"], "learner.batch_size: Input should"),
     ("env: {id: CartPole-v1}", ["lr=1"], "expected section.key=value"),
     ("- a\n- b", [], "expected a mapping"),
+    ("just words", [], "expected a mapping"),
+    ("", [], "is empty"),
+    ("# only a comment\n", [], "is empty"),
     ("learner: {lr: [1, 2", [], "line"),
 ])
 def test_bad_configs_give_one_line_naming_the_key(tmp_path, text, overrides, expected):
