@@ -40,7 +40,9 @@ def kill_learner_after_a_checkpoint(proc: subprocess.Popen[str], run_dir: Path,
 
 def test_a_killed_learner_restarts_from_its_checkpoint_and_the_run_still_solves(run_dir):
     proc = start(run_dir, "stop.time_s=400", "log.checkpoint_every_updates=300")
-    kill_learner_after_a_checkpoint(proc, run_dir, not_before_s=15)
+    # At the first checkpoint (~300 updates) CartPole is far from solved, however fast
+    # this machine is; the scenario (a kill 15 s in) is the same with more updates.
+    kill_learner_after_a_checkpoint(proc, run_dir, not_before_s=0)
     out, err = proc.communicate(timeout=500)
     assert proc.returncode == 0, out[-3000:] + err[-3000:]
     assert "restarting it from checkpoint ckpt-" in out

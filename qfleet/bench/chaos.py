@@ -3,14 +3,16 @@ are SIGKILLed at random moments (a bounded number, inside the first 60 % of the 
 
 It reports the kills the run survived, the training seconds each learner kill cost (from
 the kill until the learner's update count is back where it was), the updates each kill
-rolled back to the newest checkpoint, whether the fleet's counters stayed monotone, and
-whether a greedy evaluation after the last kill still reaches the target return."""
+rolled back to the newest checkpoint (at least: counted from the last report before the
+kill), whether the fleet's counters stayed monotone, and whether a greedy evaluation after
+the last kill still reaches the target return."""
 
 from __future__ import annotations
 
 import json
 import os
 import random
+import re
 import signal
 import statistics
 import tempfile
@@ -70,16 +72,20 @@ def run(seconds: float, kills: int = 4, learner_kills: int | None = None, seed: 
     summary_file = run_dir / "summary.json"
     summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
     updates = sorted(scalars(run_dir, "learner/updates"), key=lambda e: e.wall_time)
+    # Where each restart began: the update count of its checkpoint (0: fresh weights).
+    restored = [int(m.group(1) or 0) for line in lines
+                if (m := re.search(r"restarting it from (?:checkpoint ckpt-(\d+)|fresh)", line))]
     lost_s, rolled_back = [], []
-    for kill in (k for k in done if k["victim"] == "learner"):
+    for i, kill in enumerate(k for k in done if k["victim"] == "learner"):
         before = [e.value for e in updates if e.wall_time < kill["wall_time"]]
         after = [e for e in updates if e.wall_time >= kill["wall_time"]]
         if not before or not after:
             continue
-        peak = max(before)
+        peak = max(before)  # the last report before the kill: a lower bound of its count
         back = next((e.wall_time for e in after if e.value >= peak), None)
         lost_s.append(None if back is None else round(back - kill["wall_time"], 1))
-        rolled_back.append(int(peak - min(e.value for e in after[:5])))
+        if i < len(restored):
+            rolled_back.append(max(int(peak) - restored[i], 0))
     steps = [e.step for e in updates]
     learner_done = sum(k["victim"] == "learner" for k in done)
     actor_done = len(done) - learner_done
@@ -98,7 +104,7 @@ def run(seconds: float, kills: int = 4, learner_kills: int | None = None, seed: 
         summary.get("learner_restarts", -1) >= learner_done and
         summary.get("actor_restarts", -1) >= actor_done else 0,
         "training_s_lost_per_learner_kill": lost_s,
-        "median_training_s_lost": (statistics.median([s for s in lost_s if s is not None])
+        "median_training_s_lost": (round(statistics.median([s for s in lost_s if s is not None]), 1)
                                    if any(s is not None for s in lost_s) else None),
         "updates_rolled_back_per_learner_kill": rolled_back,
         "env_steps_monotone": bool(steps) and all(a <= b for a, b in pairwise(steps)),
@@ -118,7 +124,7 @@ def describe(result: dict[str, Any]) -> list[str]:
             f"restarts {result['learner_restarts']}, actor restarts "
             f"{result['actor_restarts']}, chunks dropped {result['chunks_dropped']})",
             f"training seconds lost per learner kill: {lost} (median "
-            f"{result['median_training_s_lost']}); updates rolled back: "
+            f"{result['median_training_s_lost']}); updates rolled back (at least): "
             f"{result['updates_rolled_back_per_learner_kill']}",
             f"env steps monotone: {result['env_steps_monotone']}; best greedy return after "
             f"the last kill {result['best_eval_return_after_last_kill']} (target "
