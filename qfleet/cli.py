@@ -80,7 +80,9 @@ def _prepare_train(args: list[str], run_dir: str | None, resume: str | None,
         if not (local / "config.yaml").is_file():
             raise CheckpointError(f"--resume {resume!r} is not a qfleet run directory "
                                   "(no config.yaml)")
-        resume_state = load_checkpoint(local)
+        newest = find_checkpoint(local)
+        resume_state = load_checkpoint(newest)
+        resume_state["source"] = str(newest)
         resume_state["replay"] = load_replay(local, int(resume_state["counters"]["updates"]))
         config = load_config(path or local / "config.yaml", overrides)
         storage = storage or source
@@ -149,7 +151,6 @@ def train(
     from qfleet.driver.fleet import Fleet
     from qfleet.driver.placement import connect_ray
     from qfleet.driver.record import StopReason
-    from qfleet.driver.supervision import FleetFailure
 
     count = config.actors.num_actors
     needed = (count if isinstance(count, int) else 1) * config.actors.num_cpus + 1
@@ -159,8 +160,8 @@ def train(
                         resume=resume_state).run()
     except LearnerError as err:
         raise _fail(str(err)) from None
-    except FleetFailure as err:  # before training started: nothing to summarize
-        raise _fail(str(err), EXIT_FAILED) from None
+    except OSError as err:  # the run directory cannot be written (summary, config)
+        raise _fail(f"cannot write the run directory: {err}", EXIT_FAILED) from None
     except KeyboardInterrupt:
         raise _fail("interrupted: exiting without a final checkpoint",
                     EXIT_INTERRUPTED) from None

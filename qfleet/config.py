@@ -163,7 +163,8 @@ class ReplayConfig(_Section):
     size), so that `--resume` continues with them instead of an empty replay."""
     save_with_checkpoints: bool = False
     """Also save it with every periodic checkpoint, so a resume after a crash (learner,
-    driver or machine) gets it too; costs a copy of the replay per checkpoint."""
+    driver or machine) and a restarted learner get it too; costs writing the whole replay
+    at every checkpoint."""
     capacity: int = Field(100_000, ge=1)
     min_size: int = Field(1000, ge=1)
     """Transitions stored before learning starts (warm-up)."""

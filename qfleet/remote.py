@@ -69,7 +69,7 @@ class LearnerWorker:
         self._episodes: list[Episode] = []
         self._stopping = False
         self._error: BaseException | None = None
-        self._weights: tuple[int, ray.ObjectRef] = (0, ray.put(None))
+        self._weights: tuple[int, ray.ObjectRef]
         self._publish()
         self._node = ray.get_runtime_context().get_node_id()
         self._thread = threading.Thread(target=self._train_loop, name="learner", daemon=True)
@@ -260,8 +260,7 @@ class ActorWorker:
         try:
             return ray.get(ref)
         except ray.exceptions.ActorUnavailableError:
-            with self._cond:  # unreachable for now (a network blip): only this chunk is lost
-                self._dropped += 1
+            # Unreachable for now (a network blip): this chunk may or may not have arrived.
             time.sleep(0.5)
             return None
         except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as err:
@@ -282,7 +281,11 @@ class ActorWorker:
                     failed += 1
         with self._cond:
             self._dropped += failed
-            self._cond.wait_for(lambda: self._next is not None)
+            # The driver restarts a lost learner within its start timeout; an actor left
+            # waiting longer fails, and the driver restarts it instead.
+            patience = self.config.learner.start_timeout_s + 2 * SETTLE_S
+            if not self._cond.wait_for(lambda: self._next is not None, timeout=patience):
+                raise RuntimeError(f"no new learner within {patience:g} s of losing one")
             assert self._next is not None
             self._learner, self._generation = self._next
             self._next = None

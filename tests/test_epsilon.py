@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from qfleet.actors.epsilon import apex_epsilon, fleet_epsilons, linear_epsilon
+from qfleet.actors.epsilon import apex_epsilon, fleet_epsilons, linear_epsilon, spread_rank
 from qfleet.config import ActorsConfig
 
 
@@ -28,6 +28,7 @@ def test_an_elastic_fleets_schedule_spans_its_largest_size():
     and the starting actors alone already reach both of its ends."""
     cfg = ActorsConfig(num_actors=2, max_actors=8, envs_per_actor=4)
     everything = apex_epsilon(np.arange(32), 32)
+    assert [spread_rank(a, 8) for a in range(8)] == [0, 4, 2, 6, 1, 5, 3, 7]
     grown = fleet_epsilons(cfg, 7)
     assert grown.tolist() == pytest.approx(everything[7::8].tolist())
     assert grown.min() >= 0.4**8 - 1e-12 and grown.max() <= 0.4
@@ -36,6 +37,10 @@ def test_an_elastic_fleets_schedule_spans_its_largest_size():
     assert first.min() < 0.4**6  # the greedy end too, not only the exploring one
     every = np.concatenate([fleet_epsilons(cfg, a) for a in range(8)])
     assert sorted(every.tolist()) == pytest.approx(sorted(everything.tolist()))
+    # One env per actor: the first two of eight actors still take both halves.
+    single = ActorsConfig(num_actors=2, max_actors=8, envs_per_actor=1)
+    two = [fleet_epsilons(single, a)[0] for a in range(2)]
+    assert two == pytest.approx([0.4, 0.4 ** (1 + 7 * 4 / 7)])
 
 
 def test_linear_decay():

@@ -32,7 +32,7 @@ def test_the_first_reason_to_stop_wins_and_sets_the_exit_code(tmp_path):
     assert {r.value: r.exit_code for r in StopReason} == {
         "target_return": 0, "env_steps": 0, "time_s": 0, "interrupted": 130,
         "terminated": 143, "nonfinite_loss": 1, "learner_lost": 1, "actor_failures": 1,
-        "ray_failure": 1}
+        "ray_failure": 1, "error": 1}
 
 
 def test_a_learner_lost_before_any_checkpoint_restarts_fresh_with_the_fleets_counters(
@@ -71,3 +71,25 @@ def test_a_learner_restarts_from_the_newest_checkpoint_and_its_replay(tmp_path):
     assert restarted.counters == counters
     for k, v in learner.online.state_dict().items():
         assert torch.equal(v, restarted.online.state_dict()[k])
+
+
+def test_a_resumed_run_restarts_a_learner_from_the_checkpoint_it_resumed_from(tmp_path):
+    """Not from fresh weights, and not from a checkpoint of another run that shares the
+    run directory."""
+    config, spec, _ = make_record(tmp_path / "old")
+    actor, learner = Actor(config, spec, 0, 1), Learner(config, spec)
+    learner.add(actor.collect(10))
+    for _ in range(4):
+        learner.step()
+    resume = {**learner.state_dict(), "source": str(tmp_path / "a" / "ckpt-0000000004.pt"),
+              "replay": None}
+    storage = RunStorage(tmp_path / "shared")
+    (storage.local / "checkpoints").mkdir(parents=True)
+    (storage.local / "checkpoints" / "ckpt-0000099999.pt").write_bytes(b"another run's")
+    record = RunRecord(config, spec, storage, Reporter(config, storage.local), resume)
+    state, counters, source = record.restart_state(Counters(env_steps=10**6))
+    assert source == "the checkpoint it resumed from (ckpt-0000000004.pt)"
+    assert counters.updates == 4 and counters.env_steps == 10**6
+    for k, v in learner.online.state_dict().items():
+        assert torch.equal(v, state["network"][k])
+    assert record.newest_checkpoint() == tmp_path / "a" / "ckpt-0000000004.pt"

@@ -3,9 +3,9 @@
 Ape-X (Horgan et al. 2018) gives each of the fleet's N envs a fixed
 ε_i = ε^(1 + α·i/(N−1)): a few envs explore hard, most act nearly greedily, and no
 schedule has to be tuned to the run length. N counts every env the fleet may ever run
-(an elastic fleet's `max_actors`), and the places are dealt out across actors, so each
-actor spans the whole schedule and a fleet that has not grown yet explores as widely as a
-full one. The linear decay is the classic DQN one.
+(an elastic fleet's `max_actors`), and the places are dealt out so that any first few
+actors already spread over the whole schedule: a fleet that has not grown yet explores
+and exploits as widely as a full one. The linear decay is the classic DQN one.
 """
 
 from __future__ import annotations
@@ -29,13 +29,27 @@ def linear_epsilon(step: int, start: float, end: float, decay_steps: int) -> flo
     return start + frac * (end - start)
 
 
+def spread_rank(index: int, size: int) -> int:
+    """Actor `index`'s rank among 0..size−1 ordered by van der Corput's sequence (0, ½, ¼,
+    ¾, …): the first k actors take ranks spread evenly over 0..size−1, for every k."""
+    def radical_inverse(i: int) -> float:
+        value, scale = 0.0, 0.5
+        while i:
+            value += scale * (i & 1)
+            i, scale = i >> 1, scale / 2
+        return value
+
+    mine = radical_inverse(index)
+    return sum(radical_inverse(i) < mine for i in range(size))
+
+
 def fleet_epsilons(cfg: ActorsConfig, actor_index: int, fleet_step: int = 0) -> np.ndarray:
-    """ε for each env of one actor: env j of actor a takes place j·A + a of the A·E places
-    of a fleet of at most A actors with E envs each."""
+    """ε for each env of one actor: env j of actor a takes place j·A + rank(a) of the A·E
+    places of a fleet of at most A actors with E envs each (`spread_rank`)."""
     e = cfg.envs_per_actor
     if cfg.epsilon == "apex":
         size = cfg.fleet_size
-        places = np.arange(e) * size + actor_index
+        places = np.arange(e) * size + spread_rank(actor_index, size)
         return apex_epsilon(places, size * e, cfg.apex_epsilon, cfg.apex_alpha)
     eps = linear_epsilon(fleet_step, cfg.epsilon_start, cfg.epsilon_end, cfg.epsilon_decay_steps)
     return np.full(e, eps)

@@ -8,6 +8,7 @@ import os
 import signal
 import statistics
 import tempfile
+import threading
 import time
 from typing import Any
 
@@ -19,14 +20,16 @@ def run(seconds: float, kill_after_s: float = 20.0) -> dict[str, Any]:
     total = max(seconds, kill_after_s + 20.0)
     proc = start_training(["configs/cartpole.yaml", "stop.target_return=null",
                            f"stop.time_s={total}", "learner.replay_ratio=null"], run_dir)
+    # Drain its output meanwhile: a full pipe would stall the run being measured.
+    reader = threading.Thread(target=lambda: proc.stdout and proc.stdout.read(), daemon=True)
+    reader.start()
     time.sleep(kill_after_s)
     pids = run_processes(proc.pid, "actor")  # this run's own actors only
     t_kill = time.time()
     if pids:
         os.kill(pids[0], signal.SIGKILL)
-    assert proc.stdout is not None
-    proc.stdout.read()
     proc.wait()
+    reader.join(timeout=10)
     rates = scalars(run_dir, "perf/env_steps_per_s")
     before = [e.value for e in rates if t_kill - 10 <= e.wall_time < t_kill]
     base = statistics.fmean(before) if before else float("nan")
@@ -40,6 +43,9 @@ def run(seconds: float, kill_after_s: float = 20.0) -> dict[str, Any]:
 
 
 def describe(result: dict[str, Any]) -> list[str]:
+    if result["killed_pid"] is None:
+        return ["no actor process of the run was found to kill (the benchmark starts its own "
+                "local Ray: unset RAY_ADDRESS)"]
     back = result["recovered_90pct_after_s"]
     return [f"one actor SIGKILLed: throughput {result['baseline_env_steps_per_s']:,.0f} -> "
             f"{result['min_env_steps_per_s_after_kill'] or 0:,.0f} env steps/s; back to 90 % "

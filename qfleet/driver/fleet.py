@@ -13,7 +13,8 @@ import signal
 import statistics
 import threading
 import time
-from collections.abc import Iterator
+import traceback
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import ray
@@ -23,6 +24,7 @@ from qfleet.driver.placement import check_placeable, resolve_fleet
 from qfleet.driver.record import RunRecord, StopReason
 from qfleet.driver.supervision import FleetFailure, Supervisor, describe_failure
 from qfleet.envs import EnvSpec
+from qfleet.learner.learner import LearnerError
 from qfleet.reporting import Rates, Reporter
 from qfleet.stats import Counters, FleetStats
 from qfleet.storage import RunStorage
@@ -55,7 +57,7 @@ class Fleet:
         self.counters = Counters.from_dict(resume["counters"]) if resume else Counters()
         self.reporter = reporter or Reporter(config, storage.local,
                                              start_step=self.counters.env_steps)
-        self.record = RunRecord(config, spec, storage, self.reporter)
+        self.record = RunRecord(config, spec, storage, self.reporter, resume)
         self.sup: Supervisor | None = None
         self.nodes: set[str] = set()
         self.eval_mean: float | None = None
@@ -65,6 +67,7 @@ class Fleet:
         self._nonfinite = (0, 0)  # (learner generation, skipped updates reported)
         self._last_report = (time.monotonic(), self.counters)
         self._train_start = time.monotonic()
+        self._terminating = False  # a SIGTERM came: finish without waiting on evaluations
 
     # -- the run ---------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -77,23 +80,33 @@ class Fleet:
         self.sup = Supervisor(c, self.spec, self.reporter, self._restart_state)
         # From here on a SIGTERM only asks the run to end: the start, the loop and the
         # final checkpoint and summary all complete first.
-        with _stop_signals(self.record):
-            self.sup.start(self._start_state())  # a failure here: nothing ran to record
-            self.reporter.print(
-                f"qfleet: {c.env.id} | learner on {self.sup.learner_device} | "
-                f"{c.actors.num_actors} actors x {c.actors.envs_per_actor} envs | "
-                f"run dir {self.record.run_dir}")
+        with _stop_signals(self._terminate):
             try:
+                self.sup.start(self._start_state())
+                self.reporter.print(
+                    f"qfleet: {c.env.id} | learner on {self.sup.learner_device} | "
+                    f"{c.actors.num_actors} actors x {c.actors.envs_per_actor} envs | "
+                    f"run dir {self.record.run_dir}")
                 self._loop(elastic)
+            except LearnerError:
+                raise  # the learner refused its config: bad input, nothing ran
             except KeyboardInterrupt:
-                self.record.stop(StopReason.INTERRUPTED, "interrupted (Ctrl-C); final "
-                                 "checkpoint written")
+                self.record.stop(StopReason.INTERRUPTED, "interrupted (Ctrl-C)")
             except FleetFailure as failure:
                 self.record.stop(failure.reason, str(failure))
             except ray.exceptions.RayError as err:  # Ray itself failed under the driver
                 self.record.stop(StopReason.RAY_FAILURE,
                                  f"Ray failed: {describe_failure(err)}")
+            except Exception as err:  # a bug of ours: still a checkpoint and a summary
+                log = self.record.run_dir / "error.log"
+                log.write_text(traceback.format_exc())
+                self.record.stop(StopReason.ERROR, f"internal error {type(err).__name__}: "
+                                 f"{err} (traceback in {log})")
             return self._finish()
+
+    def _terminate(self) -> None:
+        self._terminating = True
+        self.record.stop(StopReason.TERMINATED, "terminated (SIGTERM)")
 
     def _loop(self, elastic: bool) -> None:
         assert self.sup is not None
@@ -168,7 +181,10 @@ class Fleet:
         state = self.sup.learner_call("state", include_replay=with_replay)
         if state is None:
             return  # the learner was lost; its restart sets the next checkpoint
-        self.record.checkpoint(state)
+        try:
+            self.record.checkpoint(state)
+        except OSError as err:  # a full disk, say: keep training, keep the older ones
+            self.reporter.print(f"warning: checkpoint not written: {err}")
         updates = int(state["counters"]["updates"])
         self._next_checkpoint = updates + self.config.log.checkpoint_every_updates
 
@@ -221,15 +237,20 @@ class Fleet:
         if final is not None:
             network = final["network"]
             self.counters = Counters.from_dict(final["counters"])
-            path = record.checkpoint(final)
-            self.reporter.print(f"checkpoint written: {path}")
-            self._save_replay(self.counters.updates)
+            try:
+                self.reporter.print(f"checkpoint written: {record.checkpoint(final)}")
+                self._save_replay(self.counters.updates)
+            except OSError as err:
+                self.reporter.print(f"error: final checkpoint not written: {err}")
             if record.stopped_by.budget:  # the summary reports the final weights' return
-                episodes = sup.final_evaluation(network)
+                try:
+                    episodes = sup.final_evaluation(network, lambda: self._terminating)
+                except KeyboardInterrupt:  # a further Ctrl-C exits at once
+                    self.reporter.print("final evaluation abandoned (Ctrl-C)")
+                    episodes = None
                 if episodes is not None:
                     self._record_eval(episodes)
-        else:
-            path = record.newest_checkpoint()
+        path = record.newest_checkpoint()
         sup.shutdown()
         wall = time.monotonic() - self.command_start
         s = self.counters
@@ -275,17 +296,13 @@ class Fleet:
 
 
 @contextlib.contextmanager
-def _stop_signals(record: RunRecord) -> Iterator[None]:
+def _stop_signals(terminate: Callable[[], None]) -> Iterator[None]:
     """SIGTERM (`ray job stop`, Kubernetes) ends the run like Ctrl-C, with exit code 143.
     Signals can only be caught on the main thread; elsewhere the caller handles them."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def terminate(*_: Any) -> None:
-        record.stop(StopReason.TERMINATED, "terminated (SIGTERM); final checkpoint written")
-
-    previous = signal.signal(signal.SIGTERM, terminate)
+    previous = signal.signal(signal.SIGTERM, lambda *_: terminate())
     try:
         yield
     finally:

@@ -17,7 +17,6 @@ from typing import Any
 
 from qfleet.checkpoint import (
     CheckpointError,
-    find_checkpoint,
     load_checkpoint,
     load_replay,
     save_checkpoint,
@@ -44,6 +43,8 @@ class StopReason(StrEnum):
     LEARNER_LOST = "learner_lost"
     ACTOR_FAILURES = "actor_failures"
     RAY_FAILURE = "ray_failure"
+    ERROR = "error"
+    """An error of the driver itself; its traceback goes to `error.log` in the run dir."""
 
     @property
     def exit_code(self) -> int:
@@ -62,11 +63,15 @@ _EXIT_CODES = {StopReason.TARGET_RETURN: 0, StopReason.ENV_STEPS: 0, StopReason.
 
 class RunRecord:
     def __init__(self, config: Config, spec: EnvSpec, storage: RunStorage,
-                 reporter: Reporter) -> None:
+                 reporter: Reporter, resume: dict[str, Any] | None = None) -> None:
+        """`resume`: the loaded checkpoint the run continues (what a learner lost before
+        this run's first checkpoint restarts from)."""
         self.config, self.spec, self.storage, self.reporter = config, spec, storage, reporter
         self.run_dir = storage.local
+        self.resume = resume
         self.stopped_by: StopReason | None = None
         self.stop_message = ""
+        self.written: Path | None = None  # this run's newest checkpoint
         self._last_sync = time.monotonic()
 
     # -- why it ends -----------------------------------------------------------------------
@@ -92,16 +97,19 @@ class RunRecord:
                          "obs_dtype": str(self.spec.obs_dtype),
                          "num_actions": self.spec.num_actions}}
         path = save_checkpoint(self.run_dir, full, self.config.log.keep_checkpoints)
+        self.written = path
         if replay is not None:
             save_replay(self.run_dir, int(state["counters"]["updates"]), replay)
         self.sync(force=True)
         return path
 
     def newest_checkpoint(self) -> Path | None:
-        try:
-            return find_checkpoint(self.run_dir)
-        except CheckpointError:
-            return None
+        """This run's newest checkpoint, else the one it resumed from (never another run's
+        that happens to share the run directory)."""
+        if self.written is not None:
+            return self.written
+        source = (self.resume or {}).get("source")
+        return None if source is None else Path(source)
 
     def restart_state(self, fleet: Counters) -> tuple[dict[str, Any], Counters, str]:
         """What a restarted learner starts from: the newest checkpoint's weights, optimizer
@@ -109,23 +117,36 @@ class RunRecord:
         before the first checkpoint. The fleet's own counters (env steps, episodes, weight
         versions) never go back: that experience happened. Returns the state, its counters
         and a description for the console."""
-        path = self.newest_checkpoint()
-        if path is None:
+        saved, replay, source = self._restart_source()
+        if saved is None:
             counters = Counters(env_steps=fleet.env_steps, episodes=fleet.episodes,
                                 version=fleet.version)
-            return {"counters": counters.to_dict()}, counters, "fresh weights (no checkpoint yet)"
-        saved = load_checkpoint(path)
+            return {"counters": counters.to_dict()}, counters, source
         ckpt = Counters.from_dict(saved["counters"])
         counters = Counters(updates=ckpt.updates, transitions=ckpt.transitions,
                             env_steps=max(ckpt.env_steps, fleet.env_steps),
                             episodes=max(ckpt.episodes, fleet.episodes),
                             version=max(ckpt.version, fleet.version))
-        replay = load_replay(self.run_dir, ckpt.updates)
         state = {"network": saved["network"], "target": saved["target"],
                  "optimizer": saved["optimizer"], "counters": counters.to_dict(),
                  "replay": replay}
-        source = f"checkpoint {path.name}" + (" and its replay" if replay else "")
-        return state, counters, source
+        return state, counters, source + (" and its replay" if replay else "")
+
+    def _restart_source(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None, str]:
+        """The newest state this run may restart a learner from: its own newest checkpoint
+        (with the replay saved with it), else the checkpoint it resumed from, else none."""
+        if self.written is not None:
+            try:
+                saved = load_checkpoint(self.written)
+                replay = load_replay(self.run_dir, int(saved["counters"]["updates"]))
+                return saved, replay, f"checkpoint {self.written.name}"
+            except CheckpointError as err:  # damaged since: an older state beats none
+                self.reporter.print(f"warning: {err}")
+        if self.resume is not None:
+            name = Path(self.resume.get("source", "?")).name
+            return (self.resume, self.resume.get("replay"),
+                    f"the checkpoint it resumed from ({name})")
+        return None, None, "fresh weights (no checkpoint yet)"
 
     def replay_fits(self, nbytes: int) -> bool:
         """Whether the disk has room for a replay of `nbytes` (twice, to be safe)."""

@@ -28,6 +28,10 @@ from qfleet.transitions import Episode
 
 UNREACHABLE_S = 20.0
 """A learner unreachable (not dead) this long is given up on and restarted."""
+STATS_TIMEOUT_S = 60.0
+"""A learner that does not answer a stats pull this long is hung: it is restarted."""
+CALL_TIMEOUT_S = 300.0
+"""The longest any other call to the learner may take (a checkpoint with its replay)."""
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.5, 30.0
 EVAL_GRACE_S = 2.0
 """How long the end of a run waits for an evaluation still running before abandoning it."""
@@ -53,6 +57,9 @@ def describe_failure(err: BaseException) -> str:
     if isinstance(err, ray.exceptions.ActorUnavailableError):
         return "unreachable (ActorUnavailableError)"
     if isinstance(err, ray.exceptions.ActorDiedError):
+        if err.actor_init_failed:  # its constructor raised: Ray's text ends with that error
+            lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+            return lines[-1] if lines else "its constructor failed (ActorDiedError)"
         if err.preempted or "its node has died" in str(err):
             return "its node died (ActorDiedError)"
         return "its process died (ActorDiedError)"
@@ -63,13 +70,10 @@ def describe_failure(err: BaseException) -> str:
 def _learner_start_error(err: BaseException) -> BaseException:
     """A learner that refused its config in its constructor (replay too big for its GPU,
     no GPU visible) is bad input, reported as its own one line."""
-    import re
-
-    match = re.search(r"LearnerError: (.+)", str(err))
-    if match:
-        return LearnerError(match.group(1).strip())
-    return FleetFailure(StopReason.RAY_FAILURE,
-                        f"the learner failed to start: {describe_failure(err)}")
+    reason = describe_failure(err)
+    if reason.startswith("LearnerError: "):
+        return LearnerError(reason.removeprefix("LearnerError: "))
+    return FleetFailure(StopReason.RAY_FAILURE, f"the learner failed to start: {reason}")
 
 
 class Supervisor:
@@ -87,10 +91,12 @@ class Supervisor:
         self.learner_device = "?"
         self.learner_node: str | None = None
         self._stats_ref: ray.ObjectRef | None = None
+        self._stats_since = 0.0
         self._unreachable_since: float | None = None
         self._starting: tuple[ray.ObjectRef, float] | None = None
         self._switches: list[ray.ObjectRef] = []
         self.chunks_dropped = 0
+        self.started = False  # the first learner is up (a run can end before it is)
         self._finishing = False  # the run is ending: a lost learner is not restarted
         # The actors.
         self.actors: dict[int, Any] = {}
@@ -121,16 +127,18 @@ class Supervisor:
             self._placed(ray.get(ref))
         except ray.exceptions.RayError as err:
             raise _learner_start_error(err) from None
+        self.started = True
         self._start_evaluator()
 
     def stop_learner(self) -> dict[str, Any] | None:
         """Stop learning (actors stop at their next send); the final state, or None when
         the learner is gone."""
         self._finishing = True
-        if self._starting is not None or self.learner is None:
+        self._collect_switches(timeout=5.0)  # chunks lost to a restart just before the end
+        if not self.started or self._starting is not None or self.learner is None:
             return None
         try:
-            return ray.get(self.learner.stop.remote(), timeout=120)
+            return ray.get(self.learner.stop.remote(), timeout=CALL_TIMEOUT_S)
         except ray.exceptions.RayError as err:
             self.reporter.print(f"learner lost at the end ({describe_failure(err)}); "
                                 "the newest checkpoint holds its weights")
@@ -138,14 +146,19 @@ class Supervisor:
 
     def learner_call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """A call to the learner that notices its loss (and starts its restart): None
-        then, or while it restarts."""
+        then, while it restarts, or while it is unreachable for a moment."""
         if self._starting is not None or self.learner is None:
             return None
         try:
-            return ray.get(getattr(self.learner, method).remote(*args, **kwargs))
+            return ray.get(getattr(self.learner, method).remote(*args, **kwargs),
+                           timeout=CALL_TIMEOUT_S)
+        except ray.exceptions.ActorUnavailableError:
+            return None  # a network blip: the stats pulls decide whether it is lost
+        except ray.exceptions.GetTimeoutError:
+            self._learner_lost(f"it did not answer {method}() within {CALL_TIMEOUT_S:g} s")
         except ray.exceptions.RayError as err:
             self._learner_lost(describe_failure(err))
-            return None
+        return None
 
     def shutdown(self) -> None:
         """Abandon whatever still runs: actors waiting for a learner, an evaluation."""
@@ -174,8 +187,11 @@ class Supervisor:
             return None
         if self._stats_ref is None:
             self._stats_ref = self.learner.stats.options(enable_task_events=False).remote()
+            self._stats_since = time.monotonic()
         ready, _ = ray.wait([self._stats_ref], timeout=timeout)
         if not ready:
+            if time.monotonic() - self._stats_since > STATS_TIMEOUT_S:
+                self._learner_lost(f"it did not answer for {STATS_TIMEOUT_S:g} s (hung)")
             return None
         ref, self._stats_ref = self._stats_ref, None
         try:
@@ -242,17 +258,17 @@ class Supervisor:
         # The new learner counts chunks from zero: an actor is streaming again once it
         # sent its first (what `grow` waits for).
         self._chunks, self._chunks_at_start = {}, dict.fromkeys(self.actors, 0)
-        self._switches = [actor.set_learner.remote(self.learner, self.generation)
-                          for actor in self.actors.values()]
+        self._switches += [actor.set_learner.remote(self.learner, self.generation)
+                           for actor in self.actors.values()]
         self.reporter.print(f"learner back on {self.learner_device} after {waited:.1f} s; "
                             f"{len(self._switches)} actor(s) pointed at it")
 
-    def _collect_switches(self) -> None:
+    def _collect_switches(self, timeout: float = 0.0) -> None:
         """Chunks the actors lost with the old learner, as they report switching."""
         if not self._switches:
             return
         done, self._switches = ray.wait(self._switches, num_returns=len(self._switches),
-                                        timeout=0)
+                                        timeout=timeout)
         for ref in done:
             with contextlib.suppress(ray.exceptions.RayError):  # a dead actor: its restart
                 self.chunks_dropped += int(ray.get(ref))
@@ -359,20 +375,31 @@ class Supervisor:
             return [Episode(*e) for e in results]
         return None
 
-    def final_evaluation(self, network: dict[str, Any]) -> list[Episode] | None:
+    def final_evaluation(self, network: dict[str, Any],
+                         give_up: Callable[[], bool]) -> list[Episode] | None:
         """Evaluate the final weights: an evaluation still running is given a short grace,
-        then abandoned (its evaluator replaced); a lost evaluator is retried once."""
+        then abandoned (its evaluator replaced); a lost evaluator is retried once. Abandoned
+        too, and None, as soon as `give_up()` (a SIGTERM came: the summary must be written
+        before the grace period of whoever sent it ends)."""
         if self._eval_ref is not None:
             self.evaluation(timeout=EVAL_GRACE_S)
         if self._eval_ref is not None:
-            self._eval_ref = None
-            with contextlib.suppress(Exception):
-                ray.kill(self.evaluator, no_restart=True)
-            self._start_evaluator()
+            self._abandon_evaluation()
         weights = ray.put(network)
         for _ in range(2):
             self.launch_evaluation(weights)
-            result = self.evaluation(timeout=None)
-            if result is not None:
-                return result
+            while self._eval_ref is not None and not give_up():
+                result = self.evaluation(timeout=1.0)
+                if result is not None:
+                    return result
+            if give_up():
+                self._abandon_evaluation()
+                self.reporter.print("final evaluation abandoned")
+                return None
         return None
+
+    def _abandon_evaluation(self) -> None:
+        self._eval_ref = None
+        with contextlib.suppress(Exception):
+            ray.kill(self.evaluator, no_restart=True)
+        self._start_evaluator()
