@@ -20,9 +20,10 @@ from typing import Any
 import ray
 
 from qfleet.config import Config
+from qfleet.driver.failures import FleetFailure, describe_failure
 from qfleet.driver.placement import check_placeable, resolve_fleet
 from qfleet.driver.record import RunRecord, StopReason
-from qfleet.driver.supervision import FleetFailure, Supervisor, describe_failure
+from qfleet.driver.supervision import Supervisor
 from qfleet.envs import EnvSpec
 from qfleet.learner.learner import LearnerError
 from qfleet.reporting import Rates, Reporter
@@ -124,13 +125,13 @@ class Fleet:
                     self._report(stats, now)
                 if stats.counters.updates >= self._next_checkpoint:
                     self._checkpoint()
-                if (not sup.evaluating and stats.counters.updates > 0
+                if (not sup.evals.running and stats.counters.updates > 0
                         and evaluate.due(now)):
-                    sup.launch_evaluation(stats.weights)
+                    sup.evals.launch(stats.weights)
             sup.check_actors()
             if elastic and grow.due(now):
                 sup.grow()
-            if (episodes := sup.evaluation()) is not None:
+            if (episodes := sup.evals.collect()) is not None:
                 self._record_eval(episodes)
             self.record.sync()
             self._check_budget(now - start)
@@ -244,7 +245,7 @@ class Fleet:
                 self.reporter.print(f"error: final checkpoint not written: {err}")
             if record.stopped_by.budget:  # the summary reports the final weights' return
                 try:
-                    episodes = sup.final_evaluation(network, lambda: self._terminating)
+                    episodes = sup.evals.final(network, lambda: self._terminating)
                 except KeyboardInterrupt:  # a further Ctrl-C exits at once
                     self.reporter.print("final evaluation abandoned (Ctrl-C)")
                     episodes = None

@@ -1,9 +1,10 @@
-"""Supervision: the lifecycles of the learner, the actors and the evaluator.
+"""Supervision: the lifecycles of the learner and the actors (and, through
+`Evaluations`, of the evaluator).
 
 Everything that can die is watched here and brought back: a lost learner is restarted
 from the newest checkpoint and the running actors are pointed at it; a dead actor is
-restarted with a growing backoff; a lost evaluator is recreated. Each has a budget, and a
-part that keeps failing past it ends the run (`FleetFailure`) with its own error.
+restarted with a growing backoff. Each has a budget, and a part that keeps failing past it
+ends the run (`FleetFailure`) with its own error.
 """
 
 from __future__ import annotations
@@ -17,14 +18,15 @@ from typing import Any
 import ray
 
 from qfleet.config import Config
-from qfleet.driver.placement import actor_options, evaluator_options, learner_options
+from qfleet.driver.evaluations import Evaluations
+from qfleet.driver.failures import FleetFailure, describe_failure
+from qfleet.driver.placement import actor_options, learner_options
 from qfleet.driver.record import StopReason
 from qfleet.envs import EnvSpec
 from qfleet.learner.learner import LearnerError
-from qfleet.remote import RemoteActor, RemoteEvaluator, RemoteLearner
+from qfleet.remote import RemoteActor, RemoteLearner
 from qfleet.reporting import Reporter
 from qfleet.stats import FleetStats
-from qfleet.transitions import Episode
 
 UNREACHABLE_S = 20.0
 """A learner unreachable (not dead) this long is given up on and restarted."""
@@ -33,38 +35,6 @@ STATS_TIMEOUT_S = 60.0
 CALL_TIMEOUT_S = 300.0
 """The longest any other call to the learner may take (a checkpoint with its replay)."""
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.5, 30.0
-EVAL_GRACE_S = 2.0
-"""How long the end of a run waits for an evaluation still running before abandoning it."""
-
-
-class FleetFailure(Exception):
-    """A part of the fleet failed past its budget: the run cannot go on."""
-
-    def __init__(self, reason: StopReason, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-def describe_failure(err: BaseException) -> str:
-    """One line on why a remote call failed: the part's own exception where it raised one
-    (an env's error, say), not Ray's wrapper around it."""
-    if isinstance(err, ray.exceptions.RayTaskError):
-        cause = err.cause if err.cause is not None else err
-        while isinstance(cause, ray.exceptions.RayTaskError) and cause.cause is not None:
-            cause = cause.cause
-        text = str(cause).strip().splitlines()
-        return f"{type(cause).__name__}: {text[0] if text else ''}".rstrip(": ")
-    if isinstance(err, ray.exceptions.ActorUnavailableError):
-        return "unreachable (ActorUnavailableError)"
-    if isinstance(err, ray.exceptions.ActorDiedError):
-        if err.actor_init_failed:  # its constructor raised: Ray's text ends with that error
-            lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-            return lines[-1] if lines else "its constructor failed (ActorDiedError)"
-        if err.preempted or "its node has died" in str(err):
-            return "its node died (ActorDiedError)"
-        return "its process died (ActorDiedError)"
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 def _learner_start_error(err: BaseException) -> BaseException:
@@ -106,9 +76,7 @@ class Supervisor:
         self._due: dict[int, float] = {}  # actor index -> when its restart is due
         self._chunks: dict[int, int] = {}
         self._chunks_at_start: dict[int, int] = {}
-        # The evaluator.
-        self.evaluator: Any = None
-        self._eval_ref: ray.ObjectRef | None = None
+        self.evals = Evaluations(config, spec, reporter)
 
     # -- start and stop ----------------------------------------------------------------------
     def start(self, state: dict[str, Any] | None) -> None:
@@ -128,7 +96,7 @@ class Supervisor:
         except ray.exceptions.RayError as err:
             raise _learner_start_error(err) from None
         self.started = True
-        self._start_evaluator()
+        self.evals.start(self.learner_node)
 
     def stop_learner(self) -> dict[str, Any] | None:
         """Stop learning (actors stop at their next send); the final state, or None when
@@ -165,9 +133,7 @@ class Supervisor:
         for actor in self.actors.values():
             with contextlib.suppress(Exception):
                 ray.kill(actor, no_restart=True)
-        if self.evaluator is not None:
-            with contextlib.suppress(Exception):
-                ray.kill(self.evaluator, no_restart=True)
+        self.evals.shutdown()
 
     # -- the learner -------------------------------------------------------------------------
     def _new_learner(self, state: dict[str, Any] | None) -> Any:
@@ -339,67 +305,3 @@ class Supervisor:
     @property
     def running_actors(self) -> int:
         return len(self.runs)
-
-    # -- the evaluator -----------------------------------------------------------------------
-    def _start_evaluator(self) -> None:
-        self.evaluator = RemoteEvaluator.options(
-            **evaluator_options(self.learner_node)).remote(self._cfg, self.spec)
-
-    @property
-    def evaluating(self) -> bool:
-        return self._eval_ref is not None
-
-    def launch_evaluation(self, weights: Any) -> None:
-        c = self.config.eval
-        self._eval_ref = self.evaluator.evaluate.remote(weights, c.episodes, c.epsilon)
-
-    def evaluation(self, timeout: float | None = 0.0) -> list[Episode] | None:
-        """The running evaluation's episodes once it finished (None before, or when it was
-        lost: a lost evaluator is recreated, an evaluation whose weights died with their
-        learner is skipped, one whose env raised is reported)."""
-        if self._eval_ref is None or not ray.wait([self._eval_ref], timeout=timeout)[0]:
-            return None
-        ref, self._eval_ref = self._eval_ref, None
-        try:
-            results, _ = ray.get(ref)
-        except ray.exceptions.ObjectLostError:
-            self.reporter.print("evaluation skipped: its weights were lost with the learner")
-        except ray.exceptions.RayActorError as err:
-            self.reporter.print(f"evaluator lost ({describe_failure(err)}); recreating it")
-            with contextlib.suppress(Exception):
-                ray.kill(self.evaluator, no_restart=True)
-            self._start_evaluator()
-        except ray.exceptions.RayTaskError as err:
-            self.reporter.print(f"evaluation failed: {describe_failure(err)}")
-        else:
-            return [Episode(*e) for e in results]
-        return None
-
-    def final_evaluation(self, network: dict[str, Any],
-                         give_up: Callable[[], bool]) -> list[Episode] | None:
-        """Evaluate the final weights: an evaluation still running is given a short grace,
-        then abandoned (its evaluator replaced); a lost evaluator is retried once. Abandoned
-        too, and None, as soon as `give_up()` (a SIGTERM came: the summary must be written
-        before the grace period of whoever sent it ends)."""
-        if self._eval_ref is not None:
-            self.evaluation(timeout=EVAL_GRACE_S)
-        if self._eval_ref is not None:
-            self._abandon_evaluation()
-        weights = ray.put(network)
-        for _ in range(2):
-            self.launch_evaluation(weights)
-            while self._eval_ref is not None and not give_up():
-                result = self.evaluation(timeout=1.0)
-                if result is not None:
-                    return result
-            if give_up():
-                self._abandon_evaluation()
-                self.reporter.print("final evaluation abandoned")
-                return None
-        return None
-
-    def _abandon_evaluation(self) -> None:
-        self._eval_ref = None
-        with contextlib.suppress(Exception):
-            ray.kill(self.evaluator, no_restart=True)
-        self._start_evaluator()
