@@ -9,16 +9,12 @@ import subprocess
 import sys
 import time
 
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-from qfleet.bench.common import run_processes
+from qfleet.bench.common import run_processes, scalars
 from tests.conftest import CONFIGS, ROOT, assert_one_line_error, qfleet, summary
 
 
 def scalar_steps(run_dir, tag: str) -> list[int]:
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    return [e.step for e in acc.Scalars(tag)] if tag in acc.Tags()["scalars"] else []
+    return [e.step for e in scalars(run_dir, tag)]
 
 
 def test_cartpole_reaches_475_through_two_actors(run_dir):

@@ -22,7 +22,7 @@ import ray
 from qfleet.config import Config
 from qfleet.driver.failures import FleetFailure, describe_failure
 from qfleet.driver.placement import check_placeable, resolve_fleet
-from qfleet.driver.record import RunRecord, StopReason
+from qfleet.driver.record import RunRecord, StopReason, learner_state
 from qfleet.driver.supervision import Supervisor
 from qfleet.envs import EnvSpec
 from qfleet.learner.learner import LearnerError
@@ -222,8 +222,7 @@ class Fleet:
     def _start_state(self) -> dict[str, Any] | None:
         if self.resume is None:
             return None
-        return {k: self.resume.get(k) for k in ("network", "target", "optimizer",
-                                                "counters", "replay")}
+        return learner_state(self.resume, self.resume["counters"], self.resume.get("replay"))
 
     def _restart_state(self) -> tuple[dict[str, Any], str]:
         state, counters, source = self.record.restart_state(self.counters)

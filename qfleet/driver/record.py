@@ -61,6 +61,13 @@ _EXIT_CODES = {StopReason.TARGET_RETURN: 0, StopReason.ENV_STEPS: 0, StopReason.
                StopReason.INTERRUPTED: 130, StopReason.TERMINATED: 143}
 
 
+def learner_state(saved: dict[str, Any], counters: dict[str, int],
+                  replay: dict[str, Any] | None) -> dict[str, Any]:
+    """What a learner starts from out of a loaded checkpoint (`Learner.load_state_dict`)."""
+    return {"network": saved["network"], "target": saved["target"],
+            "optimizer": saved["optimizer"], "counters": counters, "replay": replay}
+
+
 class RunRecord:
     def __init__(self, config: Config, spec: EnvSpec, storage: RunStorage,
                  reporter: Reporter, resume: dict[str, Any] | None = None) -> None:
@@ -127,10 +134,8 @@ class RunRecord:
                             env_steps=max(ckpt.env_steps, fleet.env_steps),
                             episodes=max(ckpt.episodes, fleet.episodes),
                             version=max(ckpt.version, fleet.version))
-        state = {"network": saved["network"], "target": saved["target"],
-                 "optimizer": saved["optimizer"], "counters": counters.to_dict(),
-                 "replay": replay}
-        return state, counters, source + (" and its replay" if replay else "")
+        source += " and its replay" if replay else ""
+        return learner_state(saved, counters.to_dict(), replay), counters, source
 
     def _restart_source(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None, str]:
         """The newest state this run may restart a learner from: its own newest checkpoint
