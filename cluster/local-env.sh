@@ -17,9 +17,32 @@ node_ports() {
        "--min-worker-port=$workers --max-worker-port=$((workers + 999))"
 }
 
+# The node labels of the cloud files: `qfleet_learner` on the head, one `qfleet_actor` per
+# worker CPU (configs/spaceinvaders.yaml asks for both).
+start_head() {  # start_head [EXTRA RAY START ARGS...]
+  mkdir -p "$DIR"
+  chmod 700 "$DIR"
+  if [[ ! -s "$TOKEN_FILE" ]]; then
+    (umask 077 && python3 -c 'import secrets; print(secrets.token_hex(32))' >"$TOKEN_FILE")
+  fi
+  # shellcheck disable=SC2046
+  ray start --head --port="$GCS_PORT" --num-cpus="${QFLEET_HEAD_CPUS:-1}" \
+    --resources='{"qfleet_learner": 1}' --node-ip-address=127.0.0.1 \
+    --include-dashboard=true --dashboard-host=127.0.0.1 --dashboard-port="$DASH_PORT" \
+    --ray-client-server-port=$((GCS_PORT + 1)) --disable-usage-stats \
+    $(node_ports 0) "$@" >"$DIR/head.log" 2>&1
+}
+
+print_client_settings() {
+  echo "export RAY_AUTH_MODE=token"
+  echo "export RAY_AUTH_TOKEN_PATH=$TOKEN_FILE"
+  echo "export RAY_ADDRESS=127.0.0.1:$GCS_PORT"
+  echo "export QFLEET_JOB_ADDRESS=http://127.0.0.1:$DASH_PORT"
+}
+
 start_worker() {  # start_worker INDEX CPUS
   # shellcheck disable=SC2046
   ray start --address="127.0.0.1:$GCS_PORT" --num-cpus="$2" --node-ip-address=127.0.0.1 \
-    --resources='{"qfleet_worker_node": 1}' --disable-usage-stats \
+    --resources="{\"qfleet_actor\": $2}" --disable-usage-stats \
     $(node_ports "$1") >"$DIR/worker-$1.log" 2>&1
 }

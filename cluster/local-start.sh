@@ -13,23 +13,10 @@ source "$(dirname "$0")/local-env.sh"
 WORKERS="${1:-2}"
 CPUS="${2:-1}"
 
-mkdir -p "$DIR"
-chmod 700 "$DIR"
-if [[ ! -s "$TOKEN_FILE" ]]; then
-  (umask 077 && python3 -c 'import secrets; print(secrets.token_hex(32))' >"$TOKEN_FILE")
-fi
-
-# shellcheck disable=SC2046
-ray start --head --port="$GCS_PORT" --num-cpus="${QFLEET_HEAD_CPUS:-1}" \
-  --node-ip-address=127.0.0.1 --include-dashboard=true --dashboard-host=127.0.0.1 \
-  --dashboard-port="$DASH_PORT" --ray-client-server-port=$((GCS_PORT + 1)) \
-  --disable-usage-stats $(node_ports 0) >"$DIR/head.log" 2>&1
+start_head
 for i in $(seq 1 "$WORKERS"); do
   start_worker "$i" "$CPUS"
 done
 
 echo "started a head and $WORKERS worker node(s); job server http://127.0.0.1:$DASH_PORT"
-echo "export RAY_AUTH_MODE=token"
-echo "export RAY_AUTH_TOKEN_PATH=$TOKEN_FILE"
-echo "export RAY_ADDRESS=127.0.0.1:$GCS_PORT"
-echo "export QFLEET_JOB_ADDRESS=http://127.0.0.1:$DASH_PORT"
+print_client_settings

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,3 +40,26 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: 
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
     return tmp_path / "run"
+
+
+@contextlib.contextmanager
+def local_cluster(state_dir: Path, script: str, *args: str, port_base: int
+                  ) -> Iterator[dict[str, str]]:
+    """A cluster started by one of `cluster/local-*start.sh` on its own ports; yields the
+    environment a client of it needs (the script's export lines), and stops it. Nodes take
+    ports from `port_base` up; the GCS and the job server just below it."""
+    env = {**os.environ, "QFLEET_CLUSTER_DIR": str(state_dir),
+           "QFLEET_PORT_BASE": str(port_base), "QFLEET_GCS_PORT": str(port_base - 10),
+           "QFLEET_DASHBOARD_PORT": str(port_base - 20)}
+    env.pop("RAY_ADDRESS", None)
+    out = subprocess.run(["bash", script, *args], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=180)
+    try:
+        assert out.returncode == 0, out.stdout + out.stderr
+        for line in out.stdout.splitlines():
+            if line.startswith("export "):
+                key, value = line[len("export "):].split("=", 1)
+                env[key] = value
+        yield env
+    finally:
+        subprocess.run(["bash", "cluster/local-stop.sh"], cwd=ROOT, env=env, timeout=120)

@@ -4,7 +4,6 @@ nodes joining and leaving mid-run."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -12,26 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, summary
+from tests.conftest import ROOT, local_cluster, summary
 
-HEAD_ON_HEAD = 'learner.resources={"node:__internal_head__": 0.01}'
+HEAD_ON_HEAD = 'learner.resources={"qfleet_learner": 1}'
 
 
 @pytest.fixture
 def cluster(tmp_path: Path):
-    env = {**os.environ, "QFLEET_CLUSTER_DIR": str(tmp_path / "cluster"),
-           "QFLEET_PORT_BASE": "24000", "QFLEET_GCS_PORT": "6490",
-           "QFLEET_DASHBOARD_PORT": "8375"}
-    env.pop("RAY_ADDRESS", None)
-    out = subprocess.run(["bash", "cluster/local-start.sh", "2", "1"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=180)
-    assert out.returncode == 0, out.stdout + out.stderr
-    for line in out.stdout.splitlines():
-        if line.startswith("export "):
-            key, value = line[len("export "):].split("=", 1)
-            env[key] = value
-    yield env
-    subprocess.run(["bash", "cluster/local-stop.sh"], cwd=ROOT, env=env, timeout=120)
+    with local_cluster(tmp_path / "cluster", "cluster/local-start.sh", "2", "1",
+                       port_base=24000) as env:
+        yield env
 
 
 def test_ray_job_submit_trains_with_actors_on_worker_nodes(cluster, tmp_path):

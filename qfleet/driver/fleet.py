@@ -21,8 +21,9 @@ import ray
 
 from qfleet.config import Config
 from qfleet.driver.failures import FleetFailure, describe_failure
-from qfleet.driver.placement import check_placeable, resolve_fleet
+from qfleet.driver.placement import autoscaler_present, check_placeable, resolve_fleet
 from qfleet.driver.record import RunRecord, StopReason, learner_state
+from qfleet.driver.scaling import Scaling
 from qfleet.driver.supervision import Supervisor
 from qfleet.envs import EnvSpec
 from qfleet.learner.learner import LearnerError
@@ -60,6 +61,7 @@ class Fleet:
                                              start_step=self.counters.env_steps)
         self.record = RunRecord(config, spec, storage, self.reporter, resume)
         self.sup: Supervisor | None = None
+        self.scaling: Scaling | None = None
         self.nodes: set[str] = set()
         self.eval_mean: float | None = None
         self.eval_std: float | None = None
@@ -75,22 +77,26 @@ class Fleet:
         """Train until a reason to stop; write the final checkpoint and the summary."""
         self.record.write_config(self.config)
         elastic = self.config.actors.num_actors == "auto"
-        self.config = c = resolve_fleet(self.config)
+        autoscaler = autoscaler_present()
+        self.config = c = resolve_fleet(self.config, autoscaler)
         self.record.config = c
-        check_placeable(c)
+        check_placeable(c, autoscaler)
         self.sup = Supervisor(c, self.spec, self.reporter, self._restart_state)
+        self.scaling = Scaling(c, self.reporter, autoscaler=autoscaler, elastic=elastic)
         # From here on a SIGTERM only asks the run to end: the start, the loop and the
         # final checkpoint and summary all complete first.
         with _stop_signals(self._terminate):
             try:
+                self.scaling.start()
                 self.sup.start(self._start_state())
                 self.reporter.print(
                     f"qfleet: {c.env.id} | learner on {self.sup.learner_device} | "
                     f"{c.actors.num_actors} actors x {c.actors.envs_per_actor} envs | "
                     f"run dir {self.record.run_dir}")
                 self._loop(elastic)
-            except LearnerError:
-                raise  # the learner refused its config: bad input, nothing ran
+            except LearnerError:  # the learner refused its config: bad input, nothing ran
+                self.scaling.release()
+                raise
             except KeyboardInterrupt:
                 self.record.stop(StopReason.INTERRUPTED, "interrupted (Ctrl-C)")
             except FleetFailure as failure:
@@ -110,8 +116,8 @@ class Fleet:
         self.record.stop(StopReason.TERMINATED, "terminated (SIGTERM)")
 
     def _loop(self, elastic: bool) -> None:
-        assert self.sup is not None
-        sup, c = self.sup, self.config
+        assert self.sup is not None and self.scaling is not None
+        sup, scaling, c = self.sup, self.scaling, self.config
         self._train_start = start = time.monotonic()
         self._last_report = (start, self.counters)
         report, grow, evaluate = Every(1.0, start), Every(2.0, start), Every(c.eval.every_s,
@@ -129,8 +135,10 @@ class Fleet:
                         and evaluate.due(now)):
                     sup.evals.launch(stats.weights)
             sup.check_actors()
-            if elastic and grow.due(now):
-                sup.grow()
+            if grow.due(now):
+                scaling.check(sup.streaming_actors)
+                if elastic:
+                    sup.grow()
             if (episodes := sup.evals.collect()) is not None:
                 self._record_eval(episodes)
             self.record.sync()
@@ -252,6 +260,8 @@ class Fleet:
                     self._record_eval(episodes)
         path = record.newest_checkpoint()
         sup.shutdown()
+        if self.scaling is not None:
+            self.scaling.release()
         wall = time.monotonic() - self.command_start
         s = self.counters
         saved = (self.resume or {}).get("replay")

@@ -6,6 +6,7 @@ Everything the cluster can never host is refused here, before anything waits for
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from typing import Any
@@ -35,39 +36,94 @@ def connect_ray(address: str | None, cpus_needed: float) -> None:
              include_dashboard=False, logging_level="WARNING", log_to_driver=False)
 
 
-def resolve_fleet(config: Config) -> Config:
-    """Fix an `auto` fleet size from the cluster's free CPUs (one CPU kept for the learner)."""
+def autoscaler_present() -> bool:
+    """Whether Ray's autoscaler can add nodes to this cluster: v2 is on, or v1's monitor
+    reports node types of a cluster config. (Every head runs a v1 monitor; on a cluster
+    without an autoscaling config it is read-only, and its node types are `node_<id>`.)"""
+    from ray.autoscaler.v2.utils import is_autoscaler_v2
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    try:
+        if is_autoscaler_v2(fetch_from_server=True):
+            return True
+        raw = _internal_kv_get(AUTOSCALER_STATUS_KEY)
+        report = (json.loads(raw).get("autoscaler_report") or {}) if raw else {}
+    except Exception:  # no KV access or another format: assume none, refuse what can't fit
+        return False
+    mapping = report.get("node_type_mapping") or {}
+    return any(kind != f"node_{node}" for node, kind in mapping.items())
+
+
+AUTOSCALER_STATUS_KEY = "__autoscaling_status"
+"""Where the v1 monitor writes its status each loop (`ray status` reads it)."""
+
+
+def actor_bundle(config: Config) -> dict[str, float]:
+    """The resources one actor holds."""
+    return {"CPU": config.actors.num_cpus, **config.actors.resources}
+
+
+def learner_bundle(config: Config) -> dict[str, float]:
+    opts = learner_options(config)
+    bundle = {"CPU": float(opts["num_cpus"]), **opts.get("resources", {})}
+    if opts.get("num_gpus"):
+        bundle["GPU"] = float(opts["num_gpus"])
+    return bundle
+
+
+def actor_slots(free: dict[str, float], need: dict[str, float]) -> int:
+    """How many bundles `need` the free resources hold (summed over nodes: close enough
+    for sizing, as actors are one CPU each)."""
+    return max(0, min(int(free.get(k, 0.0) // v) for k, v in need.items() if v > 0))
+
+
+def resolve_fleet(config: Config, autoscaling: bool) -> Config:
+    """Fix an `auto` fleet size: all of `max_actors` when an autoscaler can bring nodes for
+    them, else what the cluster's free resources hold beside the learner (at least one)."""
     a = config.actors
     if a.num_actors != "auto":
         return config
-    free = ray.available_resources().get("CPU", 0.0)
-    n = max(1, int((free - 1.0) // a.num_cpus))
+    if autoscaling and a.max_actors is not None:
+        n = a.max_actors
+    else:
+        free = dict(ray.available_resources())
+        for key, value in learner_bundle(config).items():
+            free[key] = free.get(key, 0.0) - value
+        n = max(1, actor_slots(free, actor_bundle(config)))
     actors = a.model_copy(update={"num_actors": n, "max_actors": a.max_actors or 4 * n})
     return config.model_copy(update={"actors": actors})
 
 
-def check_placeable(config: Config) -> None:
-    """Refuse what no node of the cluster can ever host (LearnerError: exit code 2)."""
+def check_placeable(config: Config, autoscaling: bool) -> None:
+    """Refuse what no node of the cluster can ever host (LearnerError: exit code 2). With an
+    autoscaler, a node type the cluster has none of yet may host it: the wait for it is
+    bounded by `learner.start_timeout_s` and `actors.scale_timeout_s` instead."""
+    if autoscaling:
+        return
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
 
     def fits(need: dict[str, float]) -> bool:
         return any(all(res.get(k, 0.0) >= v for k, v in need.items()) for res in nodes)
 
     a, lc = config.actors, config.learner
-    if not fits({"CPU": a.num_cpus, **a.resources}):
+    if not fits(actor_bundle(config)):
         raise LearnerError(f"actors: no node of the cluster has {a.num_cpus:g} CPU(s)"
-                           + (f" and resources {a.resources}" if a.resources else ""))
+                           + (f" and resources {a.resources} (a cluster config's node "
+                              "labels? actors.resources={} runs them anywhere)"
+                              if a.resources else ""))
     if lc.resources and not fits({"CPU": 1.0, **lc.resources}):
-        raise LearnerError(f"learner.resources: no node of the cluster has {lc.resources}")
+        raise LearnerError(f"learner.resources: no node of the cluster has {lc.resources} "
+                           "(learner.resources={} runs it anywhere)")
     if lc.device == "cuda" and not fits({"GPU": 1.0}):
         raise LearnerError("learner.device: cuda requested but the cluster has no GPU")
 
 
 def learner_options(config: Config) -> dict[str, Any]:
-    """One CPU, a whole GPU when the cluster has one (unless the config says cpu), and the
-    config's extra resources."""
+    """One CPU, a whole GPU when the config says cuda or the cluster has one (unless the
+    config says cpu), and the config's extra resources."""
     opts: dict[str, Any] = {"num_cpus": 1}
-    if config.learner.device != "cpu" and ray.cluster_resources().get("GPU", 0) >= 1:
+    device = config.learner.device
+    if device == "cuda" or (device != "cpu" and ray.cluster_resources().get("GPU", 0) >= 1):
         opts["num_gpus"] = 1
     if config.learner.resources:
         opts["resources"] = dict(config.learner.resources)

@@ -42,6 +42,8 @@ class StopReason(StrEnum):
     NONFINITE_LOSS = "nonfinite_loss"
     LEARNER_LOST = "learner_lost"
     ACTOR_FAILURES = "actor_failures"
+    NO_NODES = "no_nodes"
+    """The fleet needed nodes that neither the cluster nor its autoscaler brought."""
     RAY_FAILURE = "ray_failure"
     ERROR = "error"
     """An error of the driver itself; its traceback goes to `error.log` in the run dir."""

@@ -20,7 +20,12 @@ import ray
 from qfleet.config import Config
 from qfleet.driver.evaluations import Evaluations
 from qfleet.driver.failures import FleetFailure, describe_failure
-from qfleet.driver.placement import actor_options, learner_options
+from qfleet.driver.placement import (
+    actor_bundle,
+    actor_options,
+    actor_slots,
+    learner_options,
+)
 from qfleet.driver.record import StopReason
 from qfleet.envs import EnvSpec
 from qfleet.learner.learner import LearnerError
@@ -288,19 +293,28 @@ class Supervisor:
         self._due[index] = now + delay
 
     def grow(self) -> None:
-        """An `auto` fleet takes the CPUs of nodes that joined: one more actor per check,
-        and only once every actor started so far is streaming."""
+        """An `auto` fleet takes the free resources of nodes that joined: as many actors as
+        they hold, once every actor started so far is streaming (Ray's view of what is free
+        lags the actors just started)."""
         a = self.config.actors
         if len(self.actors) >= a.fleet_size or not self.learner_up:
             return
-        if any(self._chunks.get(i, 0) <= n for i, n in self._chunks_at_start.items()):
+        if self.streaming_actors < len(self.actors):
             return
-        free = ray.available_resources()
-        if free.get("CPU", 0.0) >= a.num_cpus and all(
-                free.get(k, 0.0) >= v for k, v in a.resources.items()):
-            index = max(self.actors) + 1
-            self.reporter.print(f"a node with free CPUs joined: starting actor {index}")
-            self._start_actor(index)
+        room = min(actor_slots(ray.available_resources(), actor_bundle(self.config)),
+                   a.fleet_size - len(self.actors))
+        if room > 0:
+            first = max(self.actors) + 1
+            self.reporter.print("a node with free CPUs joined: starting actor "
+                                + (f"{first}" if room == 1 else f"{first}..{first + room - 1}"))
+            for index in range(first, first + room):
+                self._start_actor(index)
+
+    @property
+    def streaming_actors(self) -> int:
+        """Actors that sent the current learner a chunk since they (re)started: placed on a
+        node, with their envs up."""
+        return sum(self._chunks.get(i, 0) > n for i, n in self._chunks_at_start.items())
 
     @property
     def running_actors(self) -> int:
