@@ -5,6 +5,8 @@ real filesystem and atomic renames). With `--run-dir s3://bucket/runs/x` (or `gs
 `file://`, anything pyarrow.fs opens) that directory is a staging copy under
 `~/.cache/qfleet/staging/`, and every file that changed is uploaded after each checkpoint,
 every minute, and at the end — so a run survives the loss of the machine that drove it.
+Uploads stream in chunks on a thread of their own (`Uploader`): a replay save of several
+GiB neither fills the driver's memory nor stalls its loop.
 """
 
 from __future__ import annotations
@@ -12,9 +14,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from qfleet.config import ConfigError
+
+CHUNK_BYTES = 8 << 20
+"""Uploads and downloads move files in pieces of this size, never whole."""
 
 
 def is_uri(target: str | os.PathLike[str]) -> bool:
@@ -68,7 +76,7 @@ class RunStorage:
             dest = self.local / os.path.relpath(item.path, self._root)
             dest.parent.mkdir(parents=True, exist_ok=True)
             with self._fs.open_input_stream(item.path) as src, open(dest, "wb") as out:
-                out.write(src.read())
+                shutil.copyfileobj(src, out, CHUNK_BYTES)
         self._remember()
 
     def _remember(self) -> None:
@@ -94,8 +102,11 @@ class RunStorage:
             rel = path.relative_to(self.local).as_posix()
             dest = f"{self._root}/{rel}"
             self._fs.create_dir(dest.rsplit("/", 1)[0], recursive=True)
-            with open(path, "rb") as src, self._fs.open_output_stream(dest) as out:
-                out.write(src.read())
+            try:
+                with open(path, "rb") as src, self._fs.open_output_stream(dest) as out:
+                    shutil.copyfileobj(src, out, CHUNK_BYTES)
+            except FileNotFoundError:  # pruned while we looked: the next sync drops it
+                continue
             self._sent[str(path)] = stamp
             sent += 1
         for gone in set(self._sent) - present:  # pruned checkpoints leave the mirror too
@@ -104,3 +115,45 @@ class RunStorage:
                 self._fs.delete_file(f"{self._root}/{rel}")
             del self._sent[gone]
         return sent
+
+
+class Uploader:
+    """Runs `RunStorage.sync()` on a thread of its own: the driver asks for a sync and goes
+    on; one runs at a time, and a request made during one is served right after it."""
+
+    def __init__(self, storage: RunStorage, on_error: Callable[[OSError], None]) -> None:
+        self.storage, self.on_error = storage, on_error
+        self._wanted = threading.Event()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="qfleet-upload", daemon=True)
+        self._thread.start()
+
+    def request(self) -> None:
+        self._idle.clear()
+        self._wanted.set()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Sync now and wait for it (the end of a run); False if it did not finish."""
+        self.request()
+        return self._idle.wait(timeout)
+
+    def close(self, timeout: float | None = None) -> bool:
+        done = self.flush(timeout)
+        self._closed = True
+        self._wanted.set()
+        return done
+
+    def _run(self) -> None:
+        while True:
+            self._wanted.wait()
+            if self._closed:
+                return
+            self._wanted.clear()
+            try:
+                self.storage.sync()
+            except OSError as err:  # keep training; the next sync retries
+                self.on_error(err)
+            if not self._wanted.is_set():
+                self._idle.set()

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import ROOT, local_cluster, summary
 
@@ -23,17 +24,26 @@ def cluster(tmp_path: Path):
         yield env
 
 
-def test_ray_job_submit_trains_with_actors_on_worker_nodes(cluster, tmp_path):
+def test_ray_job_submit_ships_the_working_dir_and_trains_on_worker_nodes(cluster, tmp_path):
+    """`ray job submit --working-dir DIR`: a config that exists only in DIR (on the
+    submitting machine) is what the job runs."""
+    work = tmp_path / "work"
+    work.mkdir()
+    config = yaml.safe_load((ROOT / "configs" / "cartpole.yaml").read_text())
+    config["stop"] = {"env_steps": 4000}
+    (work / "only-here.yaml").write_text(yaml.safe_dump(config))
     run_dir = tmp_path / "run"
-    cmd = ["ray", "job", "submit", "--address", cluster["QFLEET_JOB_ADDRESS"], "--",
-           "qfleet", "train", "configs/cartpole.yaml", "actors.num_actors=2",
-           "stop.env_steps=4000", HEAD_ON_HEAD, "--run-dir", str(run_dir)]
-    result = subprocess.run(cmd, cwd=ROOT, env=cluster, capture_output=True, text=True,
+    cmd = ["ray", "job", "submit", "--address", cluster["QFLEET_JOB_ADDRESS"],
+           "--working-dir", str(work), "--",
+           "qfleet", "train", "only-here.yaml", "actors.num_actors=2", HEAD_ON_HEAD,
+           "--run-dir", str(run_dir)]
+    result = subprocess.run(cmd, cwd=tmp_path, env=cluster, capture_output=True, text=True,
                             timeout=400)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "succeeded" in result.stdout + result.stderr
     s = summary(run_dir)
     assert s["env_steps"] >= 4000 and s["stopped_by"] == "env_steps"
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["stop"]["env_steps"] == 4000
     assert s["actor_nodes"] >= 2
     assert s["learner_node_id"] not in s["actor_node_ids"]
     assert list(run_dir.glob("events.out.tfevents.*"))

@@ -292,7 +292,7 @@ class Fleet:
                                             s.updates / max(wall, 1e-9)),
                              self.eval_mean, force=True)
         self.reporter.close()
-        record.sync(force=True)
+        record.sync(force=True, wait=True)
         return summary
 
     def _save_replay(self, updates: int) -> None:

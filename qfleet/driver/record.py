@@ -26,7 +26,7 @@ from qfleet.config import Config, save_config
 from qfleet.envs import EnvSpec
 from qfleet.reporting import Reporter
 from qfleet.stats import Counters
-from qfleet.storage import RunStorage
+from qfleet.storage import RunStorage, Uploader
 
 SYNC_EVERY_S = 60.0
 
@@ -82,6 +82,7 @@ class RunRecord:
         self.stop_message = ""
         self.written: Path | None = None  # this run's newest checkpoint
         self._last_sync = time.monotonic()
+        self._uploader: Uploader | None = None
 
     # -- why it ends -----------------------------------------------------------------------
     def stop(self, reason: StopReason, message: str) -> None:
@@ -168,9 +169,9 @@ class RunRecord:
         path = save_replay(self.run_dir, updates, replay)
         self.reporter.print(f"replay saved: {path} ({replay['size']:,} transitions)")
 
-    def sync(self, force: bool = False) -> None:
-        """Mirror the run directory to its storage URI (if any): when forced, else at most
-        once a minute."""
+    def sync(self, force: bool = False, wait: bool = False) -> None:
+        """Mirror the run directory to its storage URI (if any), in the background: when
+        forced, else at most once a minute; `wait`: until it is done (the end of a run)."""
         now = time.monotonic()
         if not force and now - self._last_sync < SYNC_EVERY_S:
             return
@@ -178,10 +179,16 @@ class RunRecord:
         if self.storage.uri is None:
             return
         self.reporter.writer.flush()
-        try:
-            self.storage.sync()
-        except OSError as err:  # keep training; the next sync retries
-            self.reporter.print(f"warning: upload to {self.storage.uri} failed: {err}")
+        if self._uploader is None:
+            self._uploader = Uploader(self.storage, self._upload_failed)
+        if wait:
+            self._uploader.close()
+            self._uploader = None
+        else:
+            self._uploader.request()
+
+    def _upload_failed(self, err: OSError) -> None:
+        self.reporter.print(f"warning: upload to {self.storage.uri} failed: {err}")
 
     def write_summary(self, summary: dict[str, Any]) -> dict[str, Any]:
         """`summary.json` (atomically), with why the run ended; returns what it wrote."""
