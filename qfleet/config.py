@@ -142,7 +142,8 @@ class LearnerConfig(_Section):
     inbox_chunks: int = Field(8, ge=1)
     """Chunks the learner queues before `add` blocks the sending actors (backpressure)."""
     resources: dict[str, float] = {}
-    """Extra Ray resources the learner needs, e.g. `{"node:__internal_head__": 0.01}`."""
+    """Extra Ray resources the learner needs, e.g. `{"qfleet_learner": 1}` (the cluster
+    files' GPU head) or `{"node:__internal_head__": 0.01}` (any head)."""
     max_nonfinite: int = Field(100, ge=1)
     """Consecutive NaN/inf losses (each update skipped) after which the run stops."""
     max_restarts: int = Field(3, ge=0)

@@ -1,6 +1,7 @@
 """The fleet asks Ray's own autoscaler for nodes: a head of 1 CPU (the learner's) and worker
 nodes launched on this machine on demand by Ray's fake multi-node provider
-(`cluster/local-autoscale-start.sh`), exactly as on a cloud with `min_workers: 0`."""
+(`cluster/local-autoscale-start.sh`), exactly as on a cloud with `min_workers: 0`. The fleet
+growing onto autoscaled nodes: tests/test_readme.py runs README's block for it."""
 
 from __future__ import annotations
 
@@ -54,21 +55,6 @@ def train(env: dict[str, str], run_dir: Path, *overrides: str, timeout: float = 
     return subprocess.run([sys.executable, "-m", "qfleet.cli", "train", "configs/cartpole.yaml",
                            *LABELS, *overrides, "--run-dir", str(run_dir)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
-
-
-def test_auto_fleet_asks_the_autoscaler_and_grows_onto_new_nodes(autoscaling, tmp_path):
-    run_dir = tmp_path / "run"
-    result = train(autoscaling, run_dir, "actors.num_actors=auto", "actors.max_actors=3",
-                   "stop.time_s=40", "stop.target_return=null")
-    out = result.stdout + result.stderr
-    assert result.returncode == 0, out[-3000:]
-    assert "waiting for 3 CPUs from the autoscaler" in out
-    assert "fleet complete: 3 actors running" in out
-    s = summary(run_dir)
-    assert s["num_actors"] == 3 and s["stopped_by"] == "time_s"
-    assert s["actor_nodes"] >= 2  # nodes that did not exist when the run started
-    assert s["learner_node_id"] not in s["actor_node_ids"]
-    assert probe(autoscaling)["request"] == []  # released at the end
 
 
 def test_a_fleet_no_node_type_can_host_ends_cleanly(autoscaling, tmp_path):

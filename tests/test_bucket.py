@@ -1,0 +1,98 @@
+"""A run directory in an S3 bucket, as on AWS: a real S3 server on this machine (moto's),
+`qfleet train --run-dir s3://…` mirroring into it, and TensorBoard reading the curves
+straight from the bucket with the README's command."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import ROOT, summary
+
+pytestmark = pytest.mark.integration
+
+BUCKET = "qfleet-runs"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float) -> bytes:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as reply:
+                return reply.read()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
+@pytest.fixture
+def s3(tmp_path) -> Iterator[dict[str, str]]:
+    """A local S3 endpoint with one bucket; the environment that points AWS clients at it
+    (pyarrow and boto3 both read AWS_ENDPOINT_URL)."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+           "AWS_REGION": "us-west-2", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+           "HOME": str(tmp_path)}  # the staging copy lands under ~/.cache
+    env.pop("RAY_ADDRESS", None)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/", 30)
+        subprocess.run([sys.executable, "-c", "import boto3; boto3.client('s3').create_bucket("
+                        f"Bucket='{BUCKET}', CreateBucketConfiguration="
+                        "{'LocationConstraint': 'us-west-2'})"], env=env, check=True)
+        yield env
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_a_run_in_a_bucket_is_mirrored_and_tensorboard_reads_it(s3, tmp_path):
+    uri = f"s3://{BUCKET}/runs/cp"
+    result = subprocess.run([sys.executable, "-m", "qfleet.cli", "train", "configs/cartpole.yaml",
+                             "stop.env_steps=3000", "stop.target_return=null",
+                             "--run-dir", uri], cwd=ROOT, env=s3, capture_output=True,
+                            text=True, timeout=400)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    listing = subprocess.run([sys.executable, "-c", "import boto3; print('\\n'.join(o['Key'] for "
+                              f"o in boto3.client('s3').list_objects_v2(Bucket='{BUCKET}')"
+                              "['Contents']))"], env=s3, capture_output=True, text=True,
+                             check=True).stdout.split()
+    assert "runs/cp/summary.json" in listing and "runs/cp/config.yaml" in listing
+    assert any(k.startswith("runs/cp/checkpoints/ckpt-") for k in listing)
+    assert any(k.startswith("runs/cp/events.out.tfevents.") for k in listing)
+    staged = next((tmp_path / ".cache" / "qfleet" / "staging").iterdir())
+    assert summary(staged)["run_uri"] == uri
+
+    # README: `AWS_REGION=us-west-2 tensorboard --logdir s3://YOUR-BUCKET/runs/si`
+    port = free_port()
+    board = subprocess.Popen(["tensorboard", "--logdir", uri, "--port", str(port),
+                              "--host", "127.0.0.1", "--reload_interval", "1"],
+                             env=s3, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        url = f"http://127.0.0.1:{port}/data/plugin/scalars/tags"
+        deadline = time.monotonic() + 120
+        while True:
+            tags = json.loads(wait_http(url, 60))
+            if any("charts/episodic_return" in run for run in tags.values()):
+                break
+            assert time.monotonic() < deadline, f"TensorBoard found no curves: {tags}"
+            time.sleep(2)
+    finally:
+        board.kill()
+        board.wait()
