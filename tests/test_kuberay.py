@@ -226,3 +226,10 @@ def test_kustomize_renders_each_entry_point_with_the_image(entry):
     images = [c["image"] for _, g in groups(spec) for c in g["template"]["spec"]["containers"]]
     assert len(images) >= 2
     assert set(images) == {f"{image['newName']}:{image['newTag']}"}
+
+
+@pytest.mark.parametrize("kind", ENTRY_POINTS.values())
+def test_ray_job_stop_leaves_the_driver_time_for_its_final_checkpoint(kind):
+    head = cluster_specs()[kind]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in head.get("env", [])}
+    assert float(env["RAY_JOB_STOP_WAIT_TIME_S"]) >= 60  # Ray's default is 3 s

@@ -82,12 +82,13 @@ class Fleet:
         self.record.config = c
         check_placeable(c, autoscaler)
         self.sup = Supervisor(c, self.spec, self.reporter, self._restart_state)
-        self.scaling = Scaling(c, self.reporter, autoscaler=autoscaler, elastic=elastic)
+        self.scaling = scaling = Scaling(c, self.reporter, autoscaler=autoscaler,
+                                         elastic=elastic)
         # From here on a SIGTERM only asks the run to end: the start, the loop and the
         # final checkpoint and summary all complete first.
         with _stop_signals(self._terminate):
             try:
-                self.scaling.start()
+                scaling.start()
                 self.sup.start(self._start_state())
                 self.reporter.print(
                     f"qfleet: {c.env.id} | learner on {self.sup.learner_device} | "
@@ -95,7 +96,6 @@ class Fleet:
                     f"run dir {self.record.run_dir}")
                 self._loop(elastic)
             except LearnerError:  # the learner refused its config: bad input, nothing ran
-                self.scaling.release()
                 raise
             except KeyboardInterrupt:
                 self.record.stop(StopReason.INTERRUPTED, "interrupted (Ctrl-C)")
@@ -109,6 +109,8 @@ class Fleet:
                 log.write_text(traceback.format_exc())
                 self.record.stop(StopReason.ERROR, f"internal error {type(err).__name__}: "
                                  f"{err} (traceback in {log})")
+            finally:  # first thing at the end: the autoscaler may let the nodes go
+                scaling.release()
             return self._finish()
 
     def _terminate(self) -> None:
@@ -260,8 +262,6 @@ class Fleet:
                     self._record_eval(episodes)
         path = record.newest_checkpoint()
         sup.shutdown()
-        if self.scaling is not None:
-            self.scaling.release()
         wall = time.monotonic() - self.command_start
         s = self.counters
         saved = (self.resume or {}).get("replay")

@@ -83,7 +83,10 @@ def resolve_fleet(config: Config, autoscaling: bool) -> Config:
     a = config.actors
     if a.num_actors != "auto":
         return config
-    if autoscaling and a.max_actors is not None:
+    if autoscaling and a.max_actors is None:
+        raise LearnerError("actors.num_actors=auto: this cluster has an autoscaler; set "
+                           "actors.max_actors to the fleet to ask it for (or a number of actors)")
+    if autoscaling:
         n = a.max_actors
     else:
         free = dict(ray.available_resources())

@@ -1,6 +1,6 @@
-"""A run directory in an S3 bucket, as on AWS: a real S3 server on this machine (moto's),
-`qfleet train --run-dir s3://…` mirroring into it, and TensorBoard reading the curves
-straight from the bucket with the README's command."""
+"""What of the AWS walkthrough runs without an account, against a local AWS (moto's S3 and
+IAM server): `qfleet train --run-dir s3://…` mirroring into a bucket, TensorBoard reading
+the curves straight from it with the README's command, and cluster/aws-setup.sh."""
 
 from __future__ import annotations
 
@@ -46,9 +46,11 @@ def s3(tmp_path) -> Iterator[dict[str, str]]:
     (pyarrow and boto3 both read AWS_ENDPOINT_URL)."""
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              env={**os.environ, "MOTO_IAM_LOAD_MANAGED_POLICIES": "true"})
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-           "AWS_REGION": "us-west-2", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+           "AWS_REGION": "us-west-2", "AWS_DEFAULT_REGION": "us-west-2",
+           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
            "HOME": str(tmp_path)}  # the staging copy lands under ~/.cache
     env.pop("RAY_ADDRESS", None)
     try:
@@ -96,3 +98,28 @@ def test_a_run_in_a_bucket_is_mirrored_and_tensorboard_reads_it(s3, tmp_path):
     finally:
         board.kill()
         board.wait()
+
+
+def aws(env: dict[str, str], *args: str) -> str:
+    return subprocess.run(["aws", *args, "--output", "json"], env=env, capture_output=True,
+                          text=True, check=True).stdout
+
+
+def test_aws_setup_makes_the_profile_the_cluster_file_names_and_can_run_again(s3):
+    for _ in range(2):  # once per account, but harmless again
+        result = subprocess.run(["bash", "cluster/aws-setup.sh"], cwd=ROOT, env=s3,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+    profile = json.loads(aws(s3, "iam", "get-instance-profile", "--instance-profile-name",
+                             "qfleet-node"))["InstanceProfile"]
+    assert [r["RoleName"] for r in profile["Roles"]] == ["qfleet-node"]
+    attached = json.loads(aws(s3, "iam", "list-attached-role-policies", "--role-name",
+                              "qfleet-node"))["AttachedPolicies"]
+    assert {p["PolicyName"] for p in attached} == {
+        "AmazonEC2FullAccess", "AmazonSSMReadOnlyAccess", "AmazonEC2ContainerRegistryReadOnly",
+        "AmazonS3FullAccess"}
+    inline = json.loads(aws(s3, "iam", "get-role-policy", "--role-name", "qfleet-node",
+                            "--policy-name", "pass-itself"))["PolicyDocument"]
+    (statement,) = inline["Statement"]
+    assert statement["Action"] == "iam:PassRole"
+    assert statement["Resource"] == profile["Roles"][0]["Arn"]
