@@ -8,6 +8,8 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -180,3 +182,25 @@ def test_gcp_gpu_node_gets_a_driver_full_accelerator_path_cpus_and_a_disk_type()
     for name, node in config["available_node_types"].items():
         if name != config["head_node_type"]:  # Ray gives the head its service account
             assert node["node_config"]["serviceAccounts"][0]["email"] == email
+
+
+def test_what_the_build_context_lets_through_builds_the_package(tmp_path):
+    """The image copies only what .dockerignore lets through: that must be a whole qfleet
+    (every module, the console script) with the configs beside it."""
+    context = tmp_path / "context"
+    for name in ("pyproject.toml", "README.md"):
+        context.mkdir(exist_ok=True)
+        shutil.copy(ROOT / name, context / name)
+    for folder in ("qfleet", "configs"):
+        shutil.copytree(ROOT / folder, context / folder,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
+                             "--no-build-isolation", "-w", str(tmp_path / "wheel"), "."],
+                            cwd=context, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    (wheel,) = (tmp_path / "wheel").glob("qfleet-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "qfleet").rglob("*.py")}
+    assert modules <= names
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "qfleet = qfleet.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
