@@ -1,6 +1,7 @@
-"""What of the AWS walkthrough runs without an account, against a local AWS (moto's S3 and
-IAM server): `qfleet train --run-dir s3://…` mirroring into a bucket, TensorBoard reading
-the curves straight from it with the README's command, and cluster/aws-setup.sh."""
+"""What of the AWS walkthrough runs without an account, against a local AWS (moto's S3, IAM
+and EC2 server): `qfleet train --run-dir s3://…` mirroring into a bucket, TensorBoard
+reading the curves straight from it with the README's command, cluster/aws-setup.sh, and
+Ray's own AWS bootstrap of cluster/aws.yaml (the first thing `ray up` does)."""
 
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def wait_http(url: str, timeout: float) -> bytes:
 
 
 @pytest.fixture
-def s3(tmp_path) -> Iterator[dict[str, str]]:
+def local_aws(tmp_path) -> Iterator[dict[str, str]]:
     """A local S3 endpoint with one bucket; the environment that points AWS clients at it
     (pyarrow and boto3 both read AWS_ENDPOINT_URL)."""
     port = free_port()
@@ -64,16 +65,16 @@ def s3(tmp_path) -> Iterator[dict[str, str]]:
         server.wait()
 
 
-def test_a_run_in_a_bucket_is_mirrored_and_tensorboard_reads_it(s3, tmp_path):
+def test_a_run_in_a_bucket_is_mirrored_and_tensorboard_reads_it(local_aws, tmp_path):
     uri = f"s3://{BUCKET}/runs/cp"
     result = subprocess.run([sys.executable, "-m", "qfleet.cli", "train", "configs/cartpole.yaml",
                              "stop.env_steps=3000", "stop.target_return=null",
-                             "--run-dir", uri], cwd=ROOT, env=s3, capture_output=True,
+                             "--run-dir", uri], cwd=ROOT, env=local_aws, capture_output=True,
                             text=True, timeout=400)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     listing = subprocess.run([sys.executable, "-c", "import boto3; print('\\n'.join(o['Key'] for "
                               f"o in boto3.client('s3').list_objects_v2(Bucket='{BUCKET}')"
-                              "['Contents']))"], env=s3, capture_output=True, text=True,
+                              "['Contents']))"], env=local_aws, capture_output=True, text=True,
                              check=True).stdout.split()
     assert "runs/cp/summary.json" in listing and "runs/cp/config.yaml" in listing
     assert any(k.startswith("runs/cp/checkpoints/ckpt-") for k in listing)
@@ -85,7 +86,7 @@ def test_a_run_in_a_bucket_is_mirrored_and_tensorboard_reads_it(s3, tmp_path):
     port = free_port()
     board = subprocess.Popen(["tensorboard", "--logdir", uri, "--port", str(port),
                               "--host", "127.0.0.1", "--reload_interval", "1"],
-                             env=s3, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                             env=local_aws, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         url = f"http://127.0.0.1:{port}/data/plugin/scalars/tags"
         deadline = time.monotonic() + 120
@@ -105,21 +106,51 @@ def aws(env: dict[str, str], *args: str) -> str:
                           text=True, check=True).stdout
 
 
-def test_aws_setup_makes_the_profile_the_cluster_file_names_and_can_run_again(s3):
+def test_aws_setup_makes_the_profile_the_cluster_file_names_and_can_run_again(local_aws):
     for _ in range(2):  # once per account, but harmless again
-        result = subprocess.run(["bash", "cluster/aws-setup.sh"], cwd=ROOT, env=s3,
+        result = subprocess.run(["bash", "cluster/aws-setup.sh"], cwd=ROOT, env=local_aws,
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr
-    profile = json.loads(aws(s3, "iam", "get-instance-profile", "--instance-profile-name",
+    profile = json.loads(aws(local_aws, "iam", "get-instance-profile", "--instance-profile-name",
                              "qfleet-node"))["InstanceProfile"]
     assert [r["RoleName"] for r in profile["Roles"]] == ["qfleet-node"]
-    attached = json.loads(aws(s3, "iam", "list-attached-role-policies", "--role-name",
+    attached = json.loads(aws(local_aws, "iam", "list-attached-role-policies", "--role-name",
                               "qfleet-node"))["AttachedPolicies"]
     assert {p["PolicyName"] for p in attached} == {
         "AmazonEC2FullAccess", "AmazonSSMReadOnlyAccess", "AmazonEC2ContainerRegistryReadOnly",
         "AmazonS3FullAccess"}
-    inline = json.loads(aws(s3, "iam", "get-role-policy", "--role-name", "qfleet-node",
+    inline = json.loads(aws(local_aws, "iam", "get-role-policy", "--role-name", "qfleet-node",
                             "--policy-name", "pass-itself"))["PolicyDocument"]
     (statement,) = inline["Statement"]
     assert statement["Action"] == "iam:PassRole"
     assert statement["Resource"] == profile["Roles"][0]["Arn"]
+
+
+BOOTSTRAP = """
+import json, yaml
+from ray.autoscaler._private.commands import _bootstrap_config
+from ray.autoscaler._private.util import prepare_config, validate_config
+config = prepare_config(yaml.safe_load(open("cluster/aws.yaml")))
+validate_config(config)
+config = _bootstrap_config(config, no_config_cache=True)
+print(json.dumps(config["available_node_types"]))
+"""
+
+
+def test_rays_aws_bootstrap_takes_the_cluster_file(local_aws):
+    """`ray up`'s bootstrap: the instance profile cluster/aws-setup.sh made, a key pair,
+    subnets and a security group; CPUs and GPUs read off the instance types."""
+    subprocess.run(["bash", "cluster/aws-setup.sh"], cwd=ROOT, env=local_aws, check=True,
+                   capture_output=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", BOOTSTRAP], cwd=ROOT, env=local_aws,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    types = json.loads(result.stdout.strip().splitlines()[-1])
+    head, workers = types["head_gpu"], types["actor_cpu"]
+    assert head["resources"]["CPU"] == 16 and head["resources"]["GPU"] == 1
+    assert head["resources"]["qfleet_learner"] == 1
+    assert workers["resources"]["CPU"] == workers["resources"]["qfleet_actor"] == 32
+    for node in (head, workers):
+        config = node["node_config"]
+        assert config["IamInstanceProfile"] == {"Name": "qfleet-node"}
+        assert config["SubnetIds"] and config["SecurityGroupIds"] and config["KeyName"]
