@@ -29,10 +29,24 @@ class LearnerError(RuntimeError):
 
 def pick_device(wanted: str) -> torch.device:
     if wanted == "cuda" and not torch.cuda.is_available():
-        raise LearnerError("learner.device: cuda requested but no GPU is visible to the learner")
+        raise LearnerError("learner.device: cuda requested but no GPU is visible to the "
+                           f"learner ({cuda_missing_reason()})")
     if wanted == "auto":
         wanted = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(wanted)
+
+
+def cuda_missing_reason() -> str:
+    """Why torch sees no GPU, in one clause: a CPU build, or torch's own warning (a driver
+    too old for its CUDA, none at all)."""
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is a CPU build"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.is_available()
+    said = next((str(w.message).strip().splitlines()[0] for w in caught), "")
+    return (f"torch {torch.__version__} for CUDA {torch.version.cuda}"
+            + (f": {said}" if said else "; no NVIDIA device or driver found"))
 
 
 def check_replay_fits(config: Config, spec: EnvSpec, device: torch.device) -> None:
