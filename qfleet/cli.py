@@ -158,7 +158,7 @@ def train(
         connect_ray(address, needed)
         summary = Fleet(config, spec, storage, command_start=start,
                         resume=resume_state).run()
-    except LearnerError as err:
+    except (ConfigError, LearnerError) as err:  # what only the cluster could tell apart
         raise _fail(str(err)) from None
     except OSError as err:  # the run directory cannot be written (summary, config)
         raise _fail(f"cannot write the run directory: {err}", EXIT_FAILED) from None

@@ -38,6 +38,7 @@ class Reporter:
         self.config = config
         self.console = console or Console(stderr=False, highlight=False)
         self.writer = SummaryWriter(str(run_dir), purge_step=start_step or None)
+        self._closed = False
         self.recent: deque[float] = deque(maxlen=100)
         self._last_episode_line = 0.0
         self._unprinted = 0
@@ -113,8 +114,14 @@ class Reporter:
         self.print(f"[{elapsed:7.1f}s] greedy eval over {len(returns)} episodes: "
                    f"mean return {mean:.2f} (min {min(returns):.1f}, max {max(returns):.1f})")
 
+    def flush(self) -> None:
+        """TensorBoard's events onto disk (before an upload); nothing once closed."""
+        if not self._closed:
+            self.writer.flush()
+
     def close(self) -> None:
         if self._progress is not None:
             self._progress.stop()
         self.writer.flush()
         self.writer.close()
+        self._closed = True

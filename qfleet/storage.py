@@ -119,41 +119,54 @@ class RunStorage:
 
 class Uploader:
     """Runs `RunStorage.sync()` on a thread of its own: the driver asks for a sync and goes
-    on; one runs at a time, and a request made during one is served right after it."""
+    on. One sync runs at a time; a request made during one is served by the next, and
+    `flush()` waits for a sync that started after it was called."""
 
-    def __init__(self, storage: RunStorage, on_error: Callable[[OSError], None]) -> None:
+    def __init__(self, storage: RunStorage, on_error: Callable[[Exception], None]) -> None:
         self.storage, self.on_error = storage, on_error
-        self._wanted = threading.Event()
-        self._idle = threading.Event()
-        self._idle.set()
+        self._cond = threading.Condition()
+        self._requested = 0  # requests made
+        self._done = 0  # requests served by a finished sync
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="qfleet-upload", daemon=True)
         self._thread.start()
 
     def request(self) -> None:
-        self._idle.clear()
-        self._wanted.set()
+        with self._cond:
+            self._requested += 1
+            self._cond.notify_all()
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Sync now and wait for it (the end of a run); False if it did not finish."""
-        self.request()
-        return self._idle.wait(timeout)
+        """Sync now and wait for it (the end of a run); False if it did not finish in time
+        or the uploader is gone."""
+        with self._cond:
+            self._requested += 1
+            wanted = self._requested
+            self._cond.notify_all()
+            return self._cond.wait_for(
+                lambda: self._done >= wanted or not self._thread.is_alive(), timeout
+            ) and self._done >= wanted
 
     def close(self, timeout: float | None = None) -> bool:
+        """The last sync, waited for; then the thread ends."""
         done = self.flush(timeout)
-        self._closed = True
-        self._wanted.set()
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(0 if not done else timeout)
         return done
 
     def _run(self) -> None:
         while True:
-            self._wanted.wait()
-            if self._closed:
-                return
-            self._wanted.clear()
+            with self._cond:
+                self._cond.wait_for(lambda: self._closed or self._requested > self._done)
+                if self._requested == self._done:  # closed, nothing left to send
+                    return
+                serving = self._requested
             try:
                 self.storage.sync()
-            except OSError as err:  # keep training; the next sync retries
+            except Exception as err:  # any failure (OSError, ArrowInvalid): retry next time
                 self.on_error(err)
-            if not self._wanted.is_set():
-                self._idle.set()
+            with self._cond:
+                self._done = serving
+                self._cond.notify_all()

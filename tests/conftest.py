@@ -52,9 +52,9 @@ def local_cluster(state_dir: Path, script: str, *args: str, port_base: int
            "QFLEET_PORT_BASE": str(port_base), "QFLEET_GCS_PORT": str(port_base - 10),
            "QFLEET_DASHBOARD_PORT": str(port_base - 20)}
     env.pop("RAY_ADDRESS", None)
-    out = subprocess.run(["bash", script, *args], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=180)
     try:
+        out = subprocess.run(["bash", script, *args], cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=180)
         assert out.returncode == 0, out.stdout + out.stderr
         for line in out.stdout.splitlines():
             if line.startswith("export "):

@@ -111,7 +111,10 @@ class Fleet:
                                  f"{err} (traceback in {log})")
             finally:  # first thing at the end: the autoscaler may let the nodes go
                 scaling.release()
-            return self._finish()
+            try:
+                return self._finish()
+            finally:  # whatever happened there: the storage URI gets all there is
+                self.record.sync(force=True, wait=True)
 
     def _terminate(self) -> None:
         self._terminating = True
@@ -122,8 +125,8 @@ class Fleet:
         sup, scaling, c = self.sup, self.scaling, self.config
         self._train_start = start = time.monotonic()
         self._last_report = (start, self.counters)
-        report, grow, evaluate = Every(1.0, start), Every(2.0, start), Every(c.eval.every_s,
-                                                                                start)
+        report, scale, evaluate = Every(1.0, start), Every(2.0, start), Every(c.eval.every_s,
+                                                                                 start)
         while not self.record.stopped:
             stats = sup.poll_stats(TICK_S)
             now = time.monotonic()
@@ -137,8 +140,8 @@ class Fleet:
                         and evaluate.due(now)):
                     sup.evals.launch(stats.weights)
             sup.check_actors()
-            if grow.due(now):
-                scaling.check(sup.streaming_actors)
+            if scale.due(now):  # nodes that arrived (or did not)
+                scaling.check(sup.streaming_actors, sup.learner_up)
                 if elastic:
                     sup.grow()
             if (episodes := sup.evals.collect()) is not None:
@@ -292,7 +295,6 @@ class Fleet:
                                             s.updates / max(wall, 1e-9)),
                              self.eval_mean, force=True)
         self.reporter.close()
-        record.sync(force=True, wait=True)
         return summary
 
     def _save_replay(self, updates: int) -> None:

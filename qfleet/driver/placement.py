@@ -9,13 +9,17 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from typing import Any
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from qfleet.config import Config
+from qfleet.config import Config, ConfigError
 from qfleet.learner.learner import LearnerError
+
+AUTOSCALER_REPORT_WAIT_S = 10.0
+"""How long a driver on a fresh head waits for the autoscaler's first report."""
 
 
 def connect_ray(address: str | None, cpus_needed: float) -> None:
@@ -36,26 +40,42 @@ def connect_ray(address: str | None, cpus_needed: float) -> None:
              include_dashboard=False, logging_level="WARNING", log_to_driver=False)
 
 
-def autoscaler_present() -> bool:
+def autoscaler_present(wait_s: float = AUTOSCALER_REPORT_WAIT_S) -> bool:
     """Whether Ray's autoscaler can add nodes to this cluster: v2 is on, or v1's monitor
-    reports node types of a cluster config. (Every head runs a v1 monitor; on a cluster
-    without an autoscaling config it is read-only, and its node types are `node_<id>`.)"""
+    reports node types of a cluster config. Every head runs a v1 monitor; without an
+    autoscaling config it is read-only, and its node types are `node_<id>`. A head started
+    moments ago may not have reported yet: wait up to `wait_s` for the first report."""
+    # Ray's own reading of its autoscaler state: no public API says this.
+    from ray._private.ray_constants import DEBUG_AUTOSCALING_STATUS
     from ray.autoscaler.v2.utils import is_autoscaler_v2
     from ray.experimental.internal_kv import _internal_kv_get
 
+    deadline = time.monotonic() + wait_s
     try:
         if is_autoscaler_v2(fetch_from_server=True):
             return True
-        raw = _internal_kv_get(AUTOSCALER_STATUS_KEY)
-        report = (json.loads(raw).get("autoscaler_report") or {}) if raw else {}
+        while (raw := _internal_kv_get(DEBUG_AUTOSCALING_STATUS)) is None:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.5)
+        report = json.loads(raw).get("autoscaler_report") or {}
     except Exception:  # no KV access or another format: assume none, refuse what can't fit
         return False
     mapping = report.get("node_type_mapping") or {}
     return any(kind != f"node_{node}" for node, kind in mapping.items())
 
 
-AUTOSCALER_STATUS_KEY = "__autoscaling_status"
-"""Where the v1 monitor writes its status each loop (`ray status` reads it)."""
+def standing_request() -> list[dict[str, float]]:
+    """The bundles a v1 autoscaler was asked for and still holds (another run's, or one
+    killed before it withdrew them); empty when none or not readable."""
+    from ray.autoscaler._private.constants import AUTOSCALER_RESOURCE_REQUEST_CHANNEL
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    try:
+        raw = _internal_kv_get(AUTOSCALER_RESOURCE_REQUEST_CHANNEL)
+        return list(json.loads(raw)) if raw else []
+    except Exception:
+        return []
 
 
 def actor_bundle(config: Config) -> dict[str, float]:
@@ -64,6 +84,7 @@ def actor_bundle(config: Config) -> dict[str, float]:
 
 
 def learner_bundle(config: Config) -> dict[str, float]:
+    """The resources the learner holds, as `learner_options` asks for them."""
     opts = learner_options(config)
     bundle = {"CPU": float(opts["num_cpus"]), **opts.get("resources", {})}
     if opts.get("num_gpus"):
@@ -71,28 +92,40 @@ def learner_bundle(config: Config) -> dict[str, float]:
     return bundle
 
 
-def actor_slots(free: dict[str, float], need: dict[str, float]) -> int:
-    """How many bundles `need` the free resources hold (summed over nodes: close enough
-    for sizing, as actors are one CPU each)."""
-    return max(0, min(int(free.get(k, 0.0) // v) for k, v in need.items() if v > 0))
+def bundles_in(free: dict[str, float], need: dict[str, float]) -> int:
+    """How many bundles `need` the resources `free` hold (a small tolerance, as Ray keeps
+    fractions in ten-thousandths)."""
+    return max(0, min(math.floor(free.get(k, 0.0) / v + 1e-6) for k, v in need.items()
+                      if v > 0))
+
+
+def actors_that_fit(config: Config) -> int:
+    """How many actors the cluster holds now beside the learner: node by node (an actor
+    lives on one), and no more than what is free in all (other jobs may hold some)."""
+    need, learner = actor_bundle(config), learner_bundle(config)
+    free = dict(ray.available_resources())
+    for key, value in learner.items():
+        free[key] = free.get(key, 0.0) - value
+    per_node, learner_placed = 0, False
+    for node in (dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")):
+        if not learner_placed and bundles_in(node, learner) >= 1:  # where it will likely go
+            for key, value in learner.items():
+                node[key] -= value
+            learner_placed = True
+        per_node += bundles_in(node, need)
+    return min(per_node, bundles_in(free, need))
 
 
 def resolve_fleet(config: Config, autoscaling: bool) -> Config:
     """Fix an `auto` fleet size: all of `max_actors` when an autoscaler can bring nodes for
-    them, else what the cluster's free resources hold beside the learner (at least one)."""
+    them, else what the cluster holds beside the learner (at least one)."""
     a = config.actors
     if a.num_actors != "auto":
         return config
     if autoscaling and a.max_actors is None:
-        raise LearnerError("actors.num_actors=auto: this cluster has an autoscaler; set "
-                           "actors.max_actors to the fleet to ask it for (or a number of actors)")
-    if autoscaling:
-        n = a.max_actors
-    else:
-        free = dict(ray.available_resources())
-        for key, value in learner_bundle(config).items():
-            free[key] = free.get(key, 0.0) - value
-        n = max(1, actor_slots(free, actor_bundle(config)))
+        raise ConfigError("actors.num_actors=auto: this cluster has an autoscaler; set "
+                          "actors.max_actors to the fleet to ask it for (or a number of actors)")
+    n = a.max_actors if autoscaling else max(1, actors_that_fit(config))
     actors = a.model_copy(update={"num_actors": n, "max_actors": a.max_actors or 4 * n})
     return config.model_copy(update={"actors": actors})
 
@@ -106,7 +139,7 @@ def check_placeable(config: Config, autoscaling: bool) -> None:
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
 
     def fits(need: dict[str, float]) -> bool:
-        return any(all(res.get(k, 0.0) >= v for k, v in need.items()) for res in nodes)
+        return any(bundles_in(res, need) >= 1 for res in nodes)
 
     a, lc = config.actors, config.learner
     if not fits(actor_bundle(config)):
@@ -114,11 +147,17 @@ def check_placeable(config: Config, autoscaling: bool) -> None:
                            + (f" and resources {a.resources} (a cluster config's node "
                               "labels? actors.resources={} runs them anywhere)"
                               if a.resources else ""))
-    if lc.resources and not fits({"CPU": 1.0, **lc.resources}):
-        raise LearnerError(f"learner.resources: no node of the cluster has {lc.resources} "
-                           "(learner.resources={} runs it anywhere)")
     if lc.device == "cuda" and not fits({"GPU": 1.0}):
         raise LearnerError("learner.device: cuda requested but the cluster has no GPU")
+    learner = learner_bundle(config)
+    if not fits(learner):
+        raise LearnerError(f"learner: no node of the cluster has {shape(learner)} "
+                           "(learner.resources={} runs it anywhere)")
+
+
+def shape(bundle: dict[str, float]) -> str:
+    """A bundle in words: `1 CPU, 1 qfleet_actor`."""
+    return ", ".join(f"{v:g} {k}" for k, v in bundle.items())
 
 
 def learner_options(config: Config) -> dict[str, Any]:

@@ -29,6 +29,8 @@ from qfleet.stats import Counters
 from qfleet.storage import RunStorage, Uploader
 
 SYNC_EVERY_S = 60.0
+FINAL_UPLOAD_S = 600.0
+"""How long the end of a run waits for its last upload (a replay save of several GiB)."""
 
 
 class StopReason(StrEnum):
@@ -171,23 +173,27 @@ class RunRecord:
 
     def sync(self, force: bool = False, wait: bool = False) -> None:
         """Mirror the run directory to its storage URI (if any), in the background: when
-        forced, else at most once a minute; `wait`: until it is done (the end of a run)."""
+        forced, else at most once a minute; `wait`: until it is done (the end of a run),
+        for at most `FINAL_UPLOAD_S`."""
         now = time.monotonic()
         if not force and now - self._last_sync < SYNC_EVERY_S:
             return
         self._last_sync = now
         if self.storage.uri is None:
             return
-        self.reporter.writer.flush()
+        self.reporter.flush()
         if self._uploader is None:
             self._uploader = Uploader(self.storage, self._upload_failed)
-        if wait:
-            self._uploader.close()
-            self._uploader = None
-        else:
+        if not wait:
             self._uploader.request()
+            return
+        uploader, self._uploader = self._uploader, None
+        if not uploader.close(FINAL_UPLOAD_S):
+            self.reporter.print(f"warning: the last upload to {self.storage.uri} did not "
+                                f"finish within {FINAL_UPLOAD_S:g} s; the run directory "
+                                f"{self.run_dir} holds everything")
 
-    def _upload_failed(self, err: OSError) -> None:
+    def _upload_failed(self, err: Exception) -> None:
         self.reporter.print(f"warning: upload to {self.storage.uri} failed: {err}")
 
     def write_summary(self, summary: dict[str, Any]) -> dict[str, Any]:

@@ -20,12 +20,7 @@ import ray
 from qfleet.config import Config
 from qfleet.driver.evaluations import Evaluations
 from qfleet.driver.failures import FleetFailure, describe_failure
-from qfleet.driver.placement import (
-    actor_bundle,
-    actor_options,
-    actor_slots,
-    learner_options,
-)
+from qfleet.driver.placement import actor_bundle, actor_options, bundles_in, learner_options
 from qfleet.driver.record import StopReason
 from qfleet.envs import EnvSpec
 from qfleet.learner.learner import LearnerError
@@ -301,7 +296,7 @@ class Supervisor:
             return
         if self.streaming_actors < len(self.actors):
             return
-        room = min(actor_slots(ray.available_resources(), actor_bundle(self.config)),
+        room = min(bundles_in(ray.available_resources(), actor_bundle(self.config)),
                    a.fleet_size - len(self.actors))
         if room > 0:
             first = max(self.actors) + 1
