@@ -65,8 +65,9 @@ class ActorsConfig(_Section):
     max_actors: int | None = Field(None, ge=1, le=4096)
     """Ceiling for an `auto` fleet (default: 4× the actors that fit at start)."""
     scale_timeout_s: float = Field(600.0, gt=0)
-    """How long a fleet that needs more nodes waits without a new actor starting: then a
-    fixed fleet ends the run, an `auto` one runs with what it has."""
+    """How long a fleet that needs more nodes waits without a new actor starting (the
+    learner up): then, with an autoscaler, a fixed fleet ends the run; an `auto` one, or
+    one without an autoscaler, runs with what it has."""
     resources: dict[str, float] = {}
     """Extra Ray resources each actor needs, e.g. a custom `{actor_node: 1}` label."""
     envs_per_actor: int = Field(8, ge=1, le=1024)
