@@ -10,9 +10,10 @@ from pathlib import Path
 from qfleet.storage import CHUNK_BYTES, RunStorage, Uploader
 
 
-def mirror(tmp_path: Path) -> tuple[RunStorage, Path]:
+def mirror(tmp_path: Path, kind: type[RunStorage] = RunStorage) -> tuple[RunStorage, Path]:
+    """A run staged in tmp_path/staging, mirrored to tmp_path/bucket/run."""
     remote = tmp_path / "bucket" / "run"
-    storage = RunStorage(f"file://{remote}")
+    storage = kind(f"file://{remote}")
     storage.local = tmp_path / "staging"
     storage.local.mkdir()
     return storage, remote
@@ -73,10 +74,8 @@ class GatedStorage(RunStorage):
 
 
 def gated(tmp_path: Path) -> tuple[GatedStorage, Path]:
-    remote = tmp_path / "bucket" / "run"
-    storage = GatedStorage(f"file://{remote}")
-    storage.local = tmp_path / "staging"
-    storage.local.mkdir()
+    storage, remote = mirror(tmp_path, GatedStorage)
+    assert isinstance(storage, GatedStorage)
     return storage, remote
 
 

@@ -127,9 +127,13 @@ def test_actor_and_evaluator_killed_with_sigkill_are_restarted_and_the_run_solve
     for line in proc.stdout:
         if line.startswith("qfleet:"):
             break
-    time.sleep(4)
-    actors = run_processes(proc.pid, "actor")  # this run's own, never another run's
-    evaluators = run_processes(proc.pid, "evaluator")
+    deadline = time.monotonic() + 60  # a loaded machine starts them late
+    while True:
+        time.sleep(2)
+        actors = run_processes(proc.pid, "actor")  # this run's own, never another run's
+        evaluators = run_processes(proc.pid, "evaluator")
+        if (actors and evaluators) or time.monotonic() > deadline:
+            break
     assert actors and evaluators, "no actor or evaluator process found"
     os.kill(actors[0], signal.SIGKILL)
     os.kill(evaluators[0], signal.SIGKILL)
