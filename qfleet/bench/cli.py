@@ -76,7 +76,7 @@ def pipeline(seconds: Seconds = 9.0,
              env_id: Annotated[str, typer.Option("--env", help="Env id.")] = "CartPole-v1",
              address: Annotated[str | None, typer.Option(help="Ray address.")] = None,
              actor_resources: Annotated[str | None, typer.Option(
-                 help='JSON resources per actor, e.g. \'{"qfleet_worker_node": 1}\'.')] = None,
+                 help='JSON resources per actor, e.g. \'{"qfleet_actor": 1}\'.')] = None,
              as_json: AsJson = False) -> None:
     """Transitions/s into the learner's replay and CPU-µs per transition crossing."""
     from qfleet.cli import local_token_auth
