@@ -25,7 +25,7 @@ import torch
 from qfleet.actors.actor import Actor
 from qfleet.config import Config, config_from_dict
 from qfleet.envs import EnvSpec
-from qfleet.evaluate import Evaluator
+from qfleet.evaluation import Evaluator
 from qfleet.learner.inbox import Inbox
 from qfleet.learner.learner import Learner, check_replay_fits, pick_device
 from qfleet.stats import FleetStats

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ PLACEHOLDERS = ("YOUR-REGISTRY", "YOUR-PROJECT-ID")
 
 
 def block(name: str) -> str:
-    match = re.search(rf"<!-- test: {name} -->\n```\n(.*?)```", README, flags=re.S)
+    match = re.search(rf"<!-- test: {name} -->\n```[a-z]*\n(.*?)```", README, flags=re.S)
     assert match, f"README has no block marked test: {name}"
     return match.group(1)
 
@@ -131,3 +132,19 @@ def test_the_token_command_makes_a_private_token(tmp_path):
     token = tmp_path / ".qfleet" / "ray_auth_token"
     assert re.fullmatch(r"[0-9a-f]{64}\n", token.read_text())
     assert token.stat().st_mode & 0o077 == 0
+
+
+def test_python_api_example_runs_as_written(tmp_path):
+    """README's "From Python" example, in a fresh interpreter, from a working directory
+    with the repository's configs."""
+    shutil.copytree(ROOT / "configs", tmp_path / "configs")
+    env = {**os.environ}
+    env.pop("RAY_ADDRESS", None)
+    result = subprocess.run([sys.executable, "-c", block("python-api")], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    lines = result.stdout.strip().splitlines()[-3:]
+    assert lines[0].split()[0] in ("env_steps", "target_return")
+    assert float(lines[1]) > 0
+    assert lines[2].startswith("(3, 2) [")
+    assert (tmp_path / "runs" / "api" / "summary.json").is_file()

@@ -79,7 +79,7 @@ def pipeline(seconds: Seconds = 9.0,
                  help='JSON resources per actor, e.g. \'{"qfleet_actor": 1}\'.')] = None,
              as_json: AsJson = False) -> None:
     """Transitions/s into the learner's replay and CPU-µs per transition crossing."""
-    from qfleet.cli import local_token_auth
+    from qfleet.api import local_token_auth
 
     local_token_auth(address)
     try:

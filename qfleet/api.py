@@ -1,0 +1,224 @@
+"""The Python API: `train`, `evaluate` and `load_policy`, what the `qfleet` command does,
+callable from a script, a notebook, or a thread that is not the main one (only the main
+thread's Ctrl-C and SIGTERM are caught; elsewhere the caller stops the run).
+
+Bad input raises `ConfigError`, `CheckpointError` or `LearnerError` (all `ValueError`s)
+before anything starts, with the one line the command would print.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qfleet.checkpoint import CheckpointError, find_checkpoint, load_checkpoint, load_replay
+from qfleet.config import Config, ConfigError, apply_override, config_from_dict, load_config
+from qfleet.storage import RunStorage
+
+ConfigLike = str | os.PathLike[str] | dict[str, Any] | Config
+
+
+# -- the pieces the command shares ---------------------------------------------------------------
+def is_local(address: str | None) -> bool:
+    """No cluster named (`address` or `RAY_ADDRESS`): the run starts its own local Ray."""
+    return not (address or os.environ.get("RAY_ADDRESS"))
+
+
+def local_token_auth(address: str | None) -> None:
+    """A local Ray with token auth said explicitly (Ray 2.60 turns it on for local clusters
+    anyway, then warns that it did). Only before `ray` is imported: Ray reads the mode once,
+    and the driver and the cluster it starts must agree; where a notebook imported Ray
+    already, Ray's own default (token auth, the same on both sides) stands."""
+    if is_local(address) and "ray" not in sys.modules:
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
+def resolve_config(config: ConfigLike | None, overrides: Sequence[str] = ()) -> Config:
+    """A config from a YAML path, a dict of sections or a `Config`, overrides applied."""
+    if config is None:
+        raise ConfigError("missing CONFIG: give a YAML config file (see configs/)")
+    if isinstance(config, Config):
+        if not overrides:
+            return config
+        config = config.to_dict()
+    if isinstance(config, dict):
+        data = copy.deepcopy(config)
+        for override in overrides:
+            apply_override(data, override)
+        return config_from_dict(data)
+    return load_config(config, list(overrides))
+
+
+def default_run_dir(config: Config) -> Path:
+    name = re.sub(r"[^A-Za-z0-9]+", "-", config.env.id).strip("-").lower()
+    return Path("runs") / f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def build_network(config: Config, spec: Any) -> Any:
+    """The config's Q-network for this env, or the config error that prevents it."""
+    from qfleet.networks import build_q_network
+
+    try:
+        return build_q_network(config.network, spec)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def check_compatible(state: dict[str, Any], config: Config, net: Any) -> None:
+    try:
+        net.load_state_dict(state["network"])
+    except (RuntimeError, KeyError) as err:
+        first = str(err).strip().splitlines()[0][:160]
+        raise CheckpointError(f"checkpoint does not match env {config.env.id!r} and this "
+                              f"network: {first}") from None
+
+
+def prepare_run(config: ConfigLike | None, overrides: Sequence[str] = (), *,
+                run_dir: str | os.PathLike[str] | None = None, address: str | None = None,
+                resume: str | os.PathLike[str] | None = None
+                ) -> tuple[Config, Any, RunStorage, dict[str, Any] | None]:
+    """Everything that can be refused before Ray starts: config, env, checkpoint, memory."""
+    from qfleet.envs import env_spec
+    from qfleet.learner.learner import check_replay_fits, pick_device
+
+    resume_state = None
+    storage = RunStorage(run_dir) if run_dir is not None else None
+    if resume is not None:
+        source = RunStorage(resume)
+        source.fetch()
+        local = source.local
+        if not (local / "config.yaml").is_file():
+            raise CheckpointError(f"--resume {str(resume)!r} is not a qfleet run directory "
+                                  "(no config.yaml)")
+        newest = find_checkpoint(local)
+        resume_state = load_checkpoint(newest)
+        resume_state["source"] = str(newest)
+        resume_state["replay"] = load_replay(local, int(resume_state["counters"]["updates"]))
+        cfg = resolve_config(config if config is not None else local / "config.yaml",
+                             overrides)
+        storage = storage or source
+    else:
+        cfg = resolve_config(config, overrides)
+    spec = env_spec(cfg.env)
+    net = build_network(cfg, spec)
+    if resume_state is not None:
+        check_compatible(resume_state, cfg, net)
+    if is_local(address):
+        # A local run: the machine's cores and the learner's memory are knowable now.
+        cores = os.cpu_count() or 1
+        if cfg.actors.num_cpus > cores:
+            raise ConfigError(f"actors.num_cpus: {cfg.actors.num_cpus:g} CPUs per actor, "
+                              f"but this machine has {cores}")
+        check_replay_fits(cfg, spec, pick_device(cfg.learner.device))
+    return cfg, spec, storage or RunStorage(default_run_dir(cfg)), resume_state
+
+
+# -- train ---------------------------------------------------------------------------------------
+def train(config: ConfigLike | None, overrides: Sequence[str] | None = None, *,
+          run_dir: str | os.PathLike[str] | None = None, address: str | None = None,
+          resume: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Train until the config's stop condition; return the run's summary (what
+    `summary.json` holds: `stopped_by`, `exit_code`, `eval_return_mean`, `checkpoint`, ...).
+
+    `config`: a YAML path, a dict of sections or a `Config` (None with `resume`: the run's
+    own). Joins the Ray cluster at `address` (or `RAY_ADDRESS`), or starts a local Ray and
+    shuts it down at the end; a Ray this process had started already is left running.
+    """
+    start = time.monotonic()
+    cfg, spec, storage, resume_state = prepare_run(config, overrides or (), run_dir=run_dir,
+                                                   address=address, resume=resume)
+    local_token_auth(address)
+    import ray
+
+    from qfleet.driver.fleet import Fleet
+    from qfleet.driver.placement import connect_ray
+
+    ours = not ray.is_initialized()
+    count = cfg.actors.num_actors
+    needed = (count if isinstance(count, int) else 1) * cfg.actors.num_cpus + 1
+    try:
+        connect_ray(address, needed)
+        return Fleet(cfg, spec, storage, command_start=start, resume=resume_state).run()
+    finally:
+        if ours and ray.is_initialized():
+            ray.shutdown()
+
+
+# -- evaluate and act ----------------------------------------------------------------------------
+class Policy:
+    """A trained Q-network for acting outside qfleet: batches of observations in (as the
+    run's env gives them, preprocessing done), numpy out, on the CPU."""
+
+    def __init__(self, config: Config, spec: Any, network: dict[str, Any],
+                 checkpoint: Path) -> None:
+        import torch
+
+        self.config, self.spec, self.checkpoint = config, spec, checkpoint
+        self.net = build_network(config, spec).eval().requires_grad_(False)
+        self.net.load_state_dict(network)
+        self.num_actions: int = spec.num_actions
+        self.obs_shape: tuple[int, ...] = tuple(spec.obs_shape)
+        self._torch = torch
+        self._rng = np.random.default_rng()
+
+    def q_values(self, obs_batch: Any) -> np.ndarray:
+        """Q(s, ·) for each observation: shape (batch, num_actions)."""
+        obs = np.asarray(obs_batch)
+        if obs.shape[1:] != self.obs_shape:
+            raise ValueError(f"expected a batch of observations of shape {self.obs_shape}, "
+                             f"got an array of shape {obs.shape}")
+        with self._torch.inference_mode():
+            return self.net(self._torch.from_numpy(np.ascontiguousarray(obs))).numpy()
+
+    def act(self, obs_batch: Any, epsilon: float = 0.0) -> np.ndarray:
+        """Greedy actions, each replaced by a uniformly random one with probability
+        `epsilon`: shape (batch,)."""
+        actions = self.q_values(obs_batch).argmax(axis=1)
+        if epsilon > 0:
+            explore = self._rng.random(len(actions)) < epsilon
+            actions = np.where(explore, self._rng.integers(0, self.num_actions, len(actions)),
+                               actions)
+        return actions
+
+
+def load_policy(checkpoint_or_run_dir: str | os.PathLike[str]) -> Policy:
+    """The policy of a checkpoint file, a run directory (its newest checkpoint) or a run's
+    storage URI."""
+    from qfleet.envs import env_spec
+
+    source = RunStorage(checkpoint_or_run_dir)
+    source.fetch()
+    file = find_checkpoint(source.local)
+    state = load_checkpoint(file)
+    config = config_from_dict(state["config"])
+    spec = env_spec(config.env)
+    check_compatible(state, config, build_network(config, spec))
+    return Policy(config, spec, state["network"], file)
+
+
+def evaluate(checkpoint_or_run_dir: str | os.PathLike[str], episodes: int = 10,
+             epsilon: float = 0.001) -> dict[str, Any]:
+    """Run the policy (near-)greedily for `episodes` episodes of its env, in-process:
+    `{"checkpoint", "episodes": [{ret, length, terminated}, ...], "return_mean",
+    "return_std"}`."""
+    from qfleet.evaluation import Evaluator
+
+    if episodes < 1:
+        raise ConfigError(f"episodes: expected at least 1, got {episodes}")
+    policy = load_policy(checkpoint_or_run_dir)
+    results = Evaluator(policy.config, policy.spec).evaluate(
+        policy.net.state_dict(), episodes, epsilon)
+    returns = [e.ret for e in results]
+    return {"checkpoint": str(policy.checkpoint), "env_id": policy.config.env.id,
+            "episodes": [e._asdict() for e in results],
+            "return_mean": statistics.fmean(returns), "return_std": statistics.pstdev(returns)}
