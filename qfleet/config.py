@@ -31,7 +31,14 @@ class _Section(BaseModel):
 
 class EnvConfig(_Section):
     id: str = "CartPole-v1"
-    """Any Gymnasium id; `ALE/<Game>-v5` ids get the standard DQN Atari preprocessing."""
+    """A Gymnasium id, `module:EnvName-v0` (the module registers it), or `module:attr` (a
+    `gymnasium.Env` class or a factory). `ALE/<Game>-v5` and `<Game>NoFrameskip-v4` ids get
+    the standard DQN Atari preprocessing."""
+    kwargs: dict[str, Any] = {}
+    """Keyword arguments for `gym.make`, or for the `module:attr` class or factory."""
+    imports: list[str] = []
+    """Modules imported in the driver and in every worker before an env is made (packages
+    that register their own ids)."""
     seed: int = 0
     clip_rewards: bool | None = None
     """Clip rewards to [-1, 1] for the loss (returns are reported raw); default: on for ALE."""

@@ -1,16 +1,19 @@
 """One factory for vectorized environments, with one step contract for the actor.
 
-ALE ids run on ale_py's C++ `AtariVectorEnv` with the DQN preprocessing built in (84×84
-grayscale, frame skip 4 with max-pooling, 4-frame stack, no-op starts); any other Gymnasium
-id runs in a `SyncVectorEnv`. Both autoreset in the same step, and `VecEnv.step` hands the
+ALE ids (`ALE/<Game>-v5`, `<Game>NoFrameskip-v4`) run on ale_py's C++ `AtariVectorEnv` with
+the DQN preprocessing built in (84×84 grayscale, frame skip 4 with max-pooling, 4-frame
+stack, no-op starts); any other env (a Gymnasium id, or a `module:attr` class or factory)
+runs in a `SyncVectorEnv`. Both autoreset in the same step, and `VecEnv.step` hands the
 actor the true next observation (the final one at an episode end) next to the observation
 to act on, so the n-step adder never has to know which backend produced them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 
@@ -49,13 +52,22 @@ class Step:
     """Rows that are an env's first reset observation, not a step (batched ALE only)."""
 
 
+ATARI_V4 = re.compile(r"^(?P<game>[A-Z][A-Za-z]*?)(?P<variant>NoFrameskip|Deterministic)?-v4$")
+"""Gymnasium's older Atari ids: only `<Game>NoFrameskip-v4` is the DQN-era setup."""
+
+
 def is_atari(env_id: str) -> bool:
-    return env_id.startswith(ALE_PREFIX)
+    """An id qfleet runs on ale_py's vector env with the DQN preprocessing."""
+    if env_id.startswith(ALE_PREFIX):
+        return True
+    match = ATARI_V4.match(env_id)
+    return bool(match and match["variant"] == "NoFrameskip")
 
 
 def _ale_game(env_id: str) -> str:
-    """`ALE/SpaceInvaders-v5` -> `space_invaders` (the ROM name ale_py expects)."""
-    name = env_id[len(ALE_PREFIX) :].split("-")[0]
+    """`ALE/SpaceInvaders-v5`, `SpaceInvadersNoFrameskip-v4` -> `space_invaders` (the ROM
+    name ale_py expects)."""
+    name = env_id.removeprefix(ALE_PREFIX).split("-")[0].removesuffix("NoFrameskip")
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
@@ -66,50 +78,97 @@ def _register_ale() -> None:
     gym.register_envs(ale_py)
 
 
-def check_env_id(env_id: str) -> None:
-    """Refuse unknown ids up front, naming the key."""
-    if is_atari(env_id):
-        from ale_py import roms
+def _has_rom(game: str) -> bool:
+    from ale_py import roms
 
+    try:
+        return roms.get_rom_path(game) is not None
+    except Exception:  # an unknown name may raise rather than answer None
+        return False
+
+
+def import_env_modules(cfg: EnvConfig) -> None:
+    """`env.imports`, before any env is made: in the driver and in every worker."""
+    for name in cfg.imports:
+        try:
+            importlib.import_module(name)
+        except Exception as err:
+            raise ConfigError(f"env.imports: cannot import {name!r}: "
+                              f"{type(err).__name__}: {err}") from None
+
+
+def check_env_id(env_id: str) -> None:
+    """Refuse unknown ids up front, naming the key (a factory is checked when made)."""
+    match = ATARI_V4.match(env_id)
+    if match and match["variant"] != "NoFrameskip" and _has_rom(_ale_game(match["game"])):
+        raise ConfigError(
+            f"env.id: {env_id!r} is a Gymnasium v4 Atari id without the DQN preprocessing "
+            f"(frame skip of its own); use 'ALE/{match['game']}-v5' (sticky actions, "
+            f"Machado et al. 2018) or '{match['game']}NoFrameskip-v4' (the DQN-era setup)")
+    if is_atari(env_id):
         _register_ale()
-        game = _ale_game(env_id)
-        if env_id not in gym.envs.registry or roms.get_rom_path(game) is None:
+        if not _has_rom(_ale_game(env_id)) or (env_id.startswith(ALE_PREFIX)
+                                               and env_id not in gym.envs.registry):
             raise ConfigError(f"env.id: unknown Atari environment {env_id!r}")
         return
-    if _registered_name(env_id) not in gym.envs.registry:
+    if ":" not in env_id and env_id not in gym.envs.registry:
         raise ConfigError(f"env.id: unknown Gymnasium environment {env_id!r}")
 
 
-def _registered_name(env_id: str) -> str:
-    """Gymnasium's `module:EnvName-v0` form: import the module (which registers its ids, in
-    every process that makes the env: `gym.make` does the same) and return the name."""
-    if ":" not in env_id:
-        return env_id
-    module, name = env_id.split(":", 1)
-    try:
-        importlib.import_module(module)
-    except ImportError as err:
-        raise ConfigError(f"env.id: cannot import module {module!r} of {env_id!r}: "
-                          f"{err}") from None
-    return name
+def env_factory(cfg: EnvConfig) -> Callable[[], gym.Env]:
+    """How to make one env of `cfg.id` (not Atari) with `cfg.kwargs`: `gym.make` of a
+    registered id, or the `module:attr` class or factory."""
+    import_env_modules(cfg)
+    check_env_id(cfg.id)
+    kwargs = dict(cfg.kwargs)
+    steps = cfg.max_episode_steps
+    name = cfg.id
+    if ":" in cfg.id:
+        module_name, attr = cfg.id.split(":", 1)
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as err:
+            raise ConfigError(f"env.id: cannot import module {module_name!r} of {cfg.id!r}: "
+                              f"{type(err).__name__}: {err}") from None
+        target = getattr(module, attr, None)
+        if callable(target):
+            def make() -> gym.Env:
+                env = target(**kwargs)
+                return gym.wrappers.TimeLimit(env, steps) if steps is not None else env
+
+            return make
+        if attr not in gym.envs.registry:
+            raise ConfigError(f"env.id: module {module_name!r} has no attribute {attr!r} and "
+                              f"registers no Gymnasium id {attr!r}")
+        name = attr
+    if steps is not None:
+        kwargs["max_episode_steps"] = steps
+    return lambda: gym.make(name, **kwargs)
 
 
 def env_spec(cfg: EnvConfig) -> EnvSpec:
     """Shapes and action count, from the action/observation spaces of one env."""
+    import_env_modules(cfg)
     check_env_id(cfg.id)
     if is_atari(cfg.id):
         env = make_vec_env(cfg, num_envs=1, seed=cfg.seed)
         n = int(env.num_actions)
         env.close()
         return EnvSpec((cfg.frame_stack, 84, 84), np.dtype(np.uint8), n, True)
+    make = env_factory(cfg)
     try:
-        env = gym.make(cfg.id)
+        env = make()
     except Exception as err:  # missing optional dependency, bad kwargs, ...
-        raise ConfigError(f"env.id: cannot make {cfg.id!r}: {err}") from None
+        raise ConfigError(f"env.id: cannot make {cfg.id!r}: {type(err).__name__}: "
+                          f"{err}") from None
     try:
+        if not isinstance(env, gym.Env):
+            raise ConfigError(f"env.id: {cfg.id!r} made a {type(env).__name__}, not a "
+                              "gymnasium.Env")
         space, action_space = env.observation_space, env.action_space
     finally:
-        env.close()
+        with contextlib.suppress(Exception):
+            env.close()
     if not isinstance(action_space, gym.spaces.Discrete):
         raise ConfigError(f"env.id: {cfg.id!r} has a {type(action_space).__name__} action "
                           "space; DQN needs Discrete actions")
@@ -209,6 +268,7 @@ def make_vec_env(cfg: EnvConfig, num_envs: int, seed: int, num_threads: int = 0,
     if is_atari(cfg.id):
         from ale_py.vector_env import AtariVectorEnv
 
+        import_env_modules(cfg)
         sticky = cfg.sticky_actions
         if sticky is None:
             sticky = 0.25 if cfg.id.endswith("-v5") else 0.0
@@ -227,11 +287,9 @@ def make_vec_env(cfg: EnvConfig, num_envs: int, seed: int, num_threads: int = 0,
             autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
         )
         return VecEnv(env, np.dtype(np.uint8))
-    kwargs = {}
-    if cfg.max_episode_steps is not None:
-        kwargs["max_episode_steps"] = cfg.max_episode_steps
+    make = env_factory(cfg)
     env = gym.vector.SyncVectorEnv(
-        [lambda: gym.make(cfg.id, **kwargs) for _ in range(num_envs)],
+        [make for _ in range(num_envs)],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
     space = env.single_observation_space
