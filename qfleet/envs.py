@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -81,10 +82,12 @@ def _register_ale() -> None:
 def _has_rom(game: str) -> bool:
     from ale_py import roms
 
-    try:
-        return roms.get_rom_path(game) is not None
-    except Exception:  # an unknown name may raise rather than answer None
-        return False
+    with warnings.catch_warnings():  # ale_py warns of every unknown name: we say it once
+        warnings.simplefilter("ignore")
+        try:
+            return roms.get_rom_path(game) is not None
+        except Exception:  # an unknown name may raise rather than answer None
+            return False
 
 
 def import_env_modules(cfg: EnvConfig) -> None:
