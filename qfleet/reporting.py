@@ -6,11 +6,13 @@ rate) and writes every scalar to TensorBoard against the fleet's env-step count.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import deque
 from pathlib import Path
 from typing import NamedTuple
 
+import yaml
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch.utils.tensorboard import SummaryWriter
@@ -75,15 +77,30 @@ class Reporter:
 
     def scalars(self, stats: FleetStats, rates: Rates, step: int) -> None:
         w, learner = self.writer, stats.learner
-        w.add_scalar("perf/env_steps_per_s", rates.env_steps_per_s, step)
+        w.add_scalar("charts/SPS", rates.env_steps_per_s, step)  # CleanRL's tag names
         w.add_scalar("perf/updates_per_s", rates.updates_per_s, step)
         w.add_scalar("replay/size", learner.replay_size, step)
         w.add_scalar("learner/updates", stats.counters.updates, step)
-        for value, tag in ((learner.loss, "losses/loss"), (learner.mean_q, "losses/mean_q"),
+        for value, tag in ((learner.loss, "losses/td_loss"), (learner.mean_q, "losses/q_values"),
                            (learner.epsilon, "charts/epsilon"),
                            (learner.policy_lag, "perf/policy_lag")):
             if value is not None:
                 w.add_scalar(tag, value, step)
+
+    def hyperparameters(self, config: Config, step: int) -> None:
+        """The resolved config, as text (`config`, YAML) and in TensorBoard's HPARAMS tab,
+        where runs of different configs sit side by side against their greedy returns."""
+        from torch.utils.tensorboard.summary import hparams
+
+        data = config.to_dict()
+        text = yaml.safe_dump(data, sort_keys=False)
+        self.writer.add_text("config", "```yaml\n" + text + "```", step)
+        flat = {f"{section}.{key}": value if isinstance(value, bool | int | float | str)
+                else json.dumps(value)
+                for section, keys in data.items() for key, value in keys.items()}
+        # Into this run's own event file (SummaryWriter.add_hparams would make a new run).
+        for summary in hparams(flat, {"eval/return_mean": float("nan")}):
+            self.writer.file_writer.add_summary(summary, step)
 
     def fleet(self, step: int, **counts: int) -> None:
         """The fleet's health counters (`fleet/<name>`): actors, restarts, losses."""

@@ -48,7 +48,16 @@ def test_spaceinvaders_smoke_checkpoints_and_evaluates(run_dir):
     s = summary(run_dir)
     assert s["env_steps"] >= 2000 and s["updates"] >= 1 and s["stopped_by"] == "env_steps"
     assert s["eval_return_mean"] is not None
-    assert scalar_steps(run_dir, "perf/env_steps_per_s")
+    assert scalar_steps(run_dir, "charts/SPS")  # CleanRL's tag names
+    assert scalar_steps(run_dir, "losses/td_loss") and scalar_steps(run_dir, "losses/q_values")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
+    acc.Reload()
+    assert "config/text_summary" in acc.Tags()["tensors"]  # the resolved config as text
+    text = acc.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "SpaceInvaders" in text and "envs_per_actor: 4" in text
+    assert "_hparams_/session_start_info" in acc.PluginTagToContent("hparams")
     evaluated = qfleet("evaluate", run_dir, "--episodes", "1", timeout=300)
     assert evaluated.returncode == 0, evaluated.stderr
     assert "mean return" in evaluated.stdout

@@ -30,7 +30,7 @@ def run(seconds: float, kill_after_s: float = 20.0) -> dict[str, Any]:
         os.kill(pids[0], signal.SIGKILL)
     proc.wait()
     reader.join(timeout=10)
-    rates = scalars(run_dir, "perf/env_steps_per_s")
+    rates = scalars(run_dir, "charts/SPS")
     before = [e.value for e in rates if t_kill - 10 <= e.wall_time < t_kill]
     base = statistics.fmean(before) if before else float("nan")
     after = [(e.wall_time - t_kill, e.value) for e in rates if e.wall_time >= t_kill]

@@ -80,6 +80,7 @@ class Fleet:
         autoscaler = autoscaler_present()
         self.config = c = resolve_fleet(self.config, autoscaler)
         self.record.config = c
+        self.reporter.hyperparameters(c, self.counters.env_steps)
         check_placeable(c, autoscaler)
         self.sup = Supervisor(c, self.spec, self.reporter, self._restart_state)
         self.scaling = scaling = Scaling(c, self.reporter, autoscaler=autoscaler,
