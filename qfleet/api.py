@@ -159,13 +159,12 @@ class Policy:
     """A trained Q-network for acting outside qfleet: batches of observations in (as the
     run's env gives them, preprocessing done), numpy out, on the CPU."""
 
-    def __init__(self, config: Config, spec: Any, network: dict[str, Any],
-                 checkpoint: Path) -> None:
+    def __init__(self, config: Config, spec: Any, net: Any, checkpoint: Path) -> None:
+        """`net`: the config's Q-network with the checkpoint's weights loaded."""
         import torch
 
         self.config, self.spec, self.checkpoint = config, spec, checkpoint
-        self.net = build_network(config, spec).eval().requires_grad_(False)
-        self.net.load_state_dict(network)
+        self.net = net.eval().requires_grad_(False)
         self.num_actions: int = spec.num_actions
         self.obs_shape: tuple[int, ...] = tuple(spec.obs_shape)
         self._torch = torch
@@ -202,8 +201,9 @@ def load_policy(checkpoint_or_run_dir: str | os.PathLike[str]) -> Policy:
     state = load_checkpoint(file)
     config = config_from_dict(state["config"])
     spec = env_spec(config.env)
-    check_compatible(state, config, build_network(config, spec))
-    return Policy(config, spec, state["network"], file)
+    net = build_network(config, spec)
+    check_compatible(state, config, net)  # loads the weights, or says why they do not fit
+    return Policy(config, spec, net, file)
 
 
 def evaluate(checkpoint_or_run_dir: str | os.PathLike[str], episodes: int = 10,
