@@ -151,14 +151,14 @@ def env_factory(cfg: EnvConfig) -> Callable[[], gym.Env]:
 
 def env_spec(cfg: EnvConfig) -> EnvSpec:
     """Shapes and action count, from the action/observation spaces of one env."""
-    import_env_modules(cfg)
-    check_env_id(cfg.id)
     if is_atari(cfg.id):
+        import_env_modules(cfg)
+        check_env_id(cfg.id)
         env = make_vec_env(cfg, num_envs=1, seed=cfg.seed)
         n = int(env.num_actions)
         env.close()
         return EnvSpec((cfg.frame_stack, 84, 84), np.dtype(np.uint8), n, True)
-    make = env_factory(cfg)
+    make = env_factory(cfg)  # imports env.imports and checks the id, as in every worker
     try:
         env = make()
     except Exception as err:  # missing optional dependency, bad kwargs, ...
