@@ -63,12 +63,11 @@ def test_image_runs_the_launchers_bash_as_a_non_root_user():
 
 def test_dependencies_install_before_the_code_is_copied():
     steps = instructions()
-    order = [i for i, (op, args) in enumerate(steps)]
     torch = next(i for i, (op, args) in enumerate(steps) if op == "RUN" and "torch==" in args)
     deps = next(i for i, (op, args) in enumerate(steps)
                 if op == "RUN" and "-r /tmp/requirements.txt" in args)
     code = next(i for i, (op, args) in enumerate(steps) if op == "COPY" and "qfleet" in args)
-    assert order and torch < deps < code
+    assert torch < deps < code
     assert ("ARG", "TORCH_VERSION=2.13.0") in steps  # the tested torch
 
 
