@@ -69,9 +69,11 @@ def test_a_bad_import_is_one_line_bad_input(tmp_path):
 @pytest.mark.integration
 def test_a_fleet_trains_on_a_custom_env_class(tmp_path):
     run_dir = tmp_path / "run"
+    # A time limit: a greedy policy that never reaches the end would make the final
+    # evaluation's episodes endless.
     result = qfleet("train", CONFIGS / "cartpole.yaml", "env.id=tests.envs:Corridor",
-                    "env.kwargs={length: 4}", "stop.env_steps=3000", "stop.target_return=null",
-                    "--run-dir", run_dir, timeout=400)
+                    "env.kwargs={length: 4}", "env.max_episode_steps=50", "stop.env_steps=3000",
+                    "stop.target_return=null", "--run-dir", run_dir, timeout=400)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     s = summary(run_dir)
     assert s["env_id"] == "tests.envs:Corridor" and s["env_steps"] >= 3000
