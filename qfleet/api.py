@@ -11,13 +11,12 @@ from __future__ import annotations
 import copy
 import os
 import re
-import statistics
 import sys
 import time
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -83,10 +82,35 @@ def check_compatible(state: dict[str, Any], config: Config, net: Any) -> None:
                               f"network: {first}") from None
 
 
+class Prepared(NamedTuple):
+    config: Config
+    spec: Any
+    storage: RunStorage
+    resume: dict[str, Any] | None
+    """The loaded checkpoint the run continues."""
+    modules: list[Path]
+    """The user's own env modules, beside the config or in the working directory, for Ray
+    to ship to every worker."""
+
+
+def user_modules(config: ConfigLike | None, cfg: Config) -> list[Path]:
+    """The env's modules that live beside the config file or in the working directory,
+    made importable here (the driver makes the env before Ray starts)."""
+    from qfleet.envs import modules_beside
+
+    folders = [Path.cwd()]
+    if isinstance(config, str | os.PathLike):
+        folders.insert(0, Path(config).resolve().parent)
+    modules = modules_beside(cfg.env, folders)
+    for folder in dict.fromkeys(str(m.parent) for m in modules):
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+    return modules
+
+
 def prepare_run(config: ConfigLike | None, overrides: Sequence[str] = (), *,
                 run_dir: str | os.PathLike[str] | None = None, address: str | None = None,
-                resume: str | os.PathLike[str] | None = None
-                ) -> tuple[Config, Any, RunStorage, dict[str, Any] | None]:
+                resume: str | os.PathLike[str] | None = None) -> Prepared:
     """Everything that can be refused before Ray starts: config, env, checkpoint, memory."""
     from qfleet.envs import env_spec
     from qfleet.learner.learner import check_replay_fits, pick_device
@@ -104,11 +128,12 @@ def prepare_run(config: ConfigLike | None, overrides: Sequence[str] = (), *,
         resume_state = load_checkpoint(newest)
         resume_state["source"] = str(newest)
         resume_state["replay"] = load_replay(local, int(resume_state["counters"]["updates"]))
-        cfg = resolve_config(config if config is not None else local / "config.yaml",
-                             overrides)
+        config = config if config is not None else local / "config.yaml"
+        cfg = resolve_config(config, overrides)
         storage = storage or source
     else:
         cfg = resolve_config(config, overrides)
+    modules = user_modules(config, cfg)
     spec = env_spec(cfg.env)
     net = build_network(cfg, spec)
     if resume_state is not None:
@@ -120,7 +145,8 @@ def prepare_run(config: ConfigLike | None, overrides: Sequence[str] = (), *,
             raise ConfigError(f"actors.num_cpus: {cfg.actors.num_cpus:g} CPUs per actor, "
                               f"but this machine has {cores}")
         check_replay_fits(cfg, spec, pick_device(cfg.learner.device))
-    return cfg, spec, storage or RunStorage(default_run_dir(cfg)), resume_state
+    return Prepared(cfg, spec, storage or RunStorage(default_run_dir(cfg)), resume_state,
+                    modules)
 
 
 # -- train ---------------------------------------------------------------------------------------
@@ -135,8 +161,8 @@ def train(config: ConfigLike | None, overrides: Sequence[str] | None = None, *,
     shuts it down at the end; a Ray this process had started already is left running.
     """
     start = time.monotonic()
-    cfg, spec, storage, resume_state = prepare_run(config, overrides or (), run_dir=run_dir,
-                                                   address=address, resume=resume)
+    cfg, spec, storage, resume_state, modules = prepare_run(
+        config, overrides or (), run_dir=run_dir, address=address, resume=resume)
     local_token_auth(address)
     import ray
 
@@ -147,7 +173,7 @@ def train(config: ConfigLike | None, overrides: Sequence[str] | None = None, *,
     count = cfg.actors.num_actors
     needed = (count if isinstance(count, int) else 1) * cfg.actors.num_cpus + 1
     try:
-        connect_ray(address, needed)
+        connect_ray(address, needed, modules)
         return Fleet(cfg, spec, storage, command_start=start, resume=resume_state).run()
     finally:
         if ours and ray.is_initialized():
@@ -207,18 +233,38 @@ def load_policy(checkpoint_or_run_dir: str | os.PathLike[str]) -> Policy:
 
 
 def evaluate(checkpoint_or_run_dir: str | os.PathLike[str], episodes: int = 10,
-             epsilon: float = 0.001) -> dict[str, Any]:
-    """Run the policy (near-)greedily for `episodes` episodes of its env, in-process:
-    `{"checkpoint", "episodes": [{ret, length, terminated}, ...], "return_mean",
-    "return_std"}`."""
-    from qfleet.evaluation import Evaluator
+             epsilon: float | None = None, *, protocol: str | None = None,
+             video_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Run the policy (near-)greedily for `episodes` episodes of its env, in-process, with
+    the run's evaluation settings (`eval.epsilon`, `eval.protocol`) unless given here.
+    `video_dir`: one mp4 per episode, from the full-resolution frames. Returns `scores()`
+    (protocol, ε, return mean/std/sem, human-normalized mean, episodes) with `checkpoint`
+    and, with videos, their paths."""
+    from qfleet.evaluation import Evaluator, scores
 
     if episodes < 1:
         raise ConfigError(f"episodes: expected at least 1, got {episodes}")
     policy = load_policy(checkpoint_or_run_dir)
-    results = Evaluator(policy.config, policy.spec).evaluate(
-        policy.net.state_dict(), episodes, epsilon)
-    returns = [e.ret for e in results]
-    return {"checkpoint": str(policy.checkpoint), "env_id": policy.config.env.id,
-            "episodes": [e._asdict() for e in results],
-            "return_mean": statistics.fmean(returns), "return_std": statistics.pstdev(returns)}
+    config = policy.config
+    changes = {k: v for k, v in {"epsilon": epsilon, "protocol": protocol}.items()
+               if v is not None}
+    if changes:
+        config = resolve_config(config, [f"eval.{k}={v}" for k, v in changes.items()])
+    epsilon = config.eval.epsilon
+    evaluator = Evaluator(config, policy.spec)
+    weights = policy.net.state_dict()
+    videos: list[str] = []
+    if video_dir is None:
+        results = evaluator.evaluate(weights, episodes, epsilon)
+    else:
+        out = Path(video_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        results = []
+        for i in range(1, episodes + 1):
+            recording = evaluator.record(weights, epsilon)
+            path = out / f"episode-{i:03d}.mp4"
+            path.write_bytes(recording.mp4)
+            results.append(recording.episode)
+            videos.append(str(path))
+    result = {"checkpoint": str(policy.checkpoint), **scores(config, results, epsilon)}
+    return {**result, "videos": videos} if videos else result

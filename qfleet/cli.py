@@ -81,33 +81,50 @@ def evaluate(
     path: Annotated[str, typer.Argument(
         help="A checkpoint file, a run directory, or a run's storage URI.")],
     episodes: Annotated[int, typer.Option(min=1, help="Episodes to run.")] = 10,
-    epsilon: Annotated[float, typer.Option(min=0.0, max=1.0,
-                                           help="Random-action probability.")] = 0.001,
+    epsilon: Annotated[float | None, typer.Option(
+        min=0.0, max=1.0, help="Random-action probability (default: the run's "
+                               "eval.epsilon, 0.001 unless set).")] = None,
+    protocol: Annotated[str | None, typer.Option(
+        help="Atari protocol: sticky (Machado et al. 2018) or noop30 (the DQN-era tables); "
+             "default: the run's eval.protocol.")] = None,
+    video: Annotated[str | None, typer.Option(
+        help="Write one mp4 per episode into this directory.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Run a trained network (near-)greedily and print each episode and mean ± std."""
+    """Run a trained network (near-)greedily; print each episode, mean ± standard error, and
+    the human-normalized score on Atari-57 games."""
     from qfleet import api
 
     try:
-        result = api.evaluate(path, episodes, epsilon)
+        result = api.evaluate(path, episodes, epsilon, protocol=protocol, video_dir=video)
     except (ConfigError, CheckpointError) as err:
         raise _fail(str(err)) from None
+    except OSError as err:
+        raise _fail(f"cannot write the videos: {err}") from None
     if as_json:
         print(json.dumps(result))
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{result['env_id']} — {result['checkpoint']}")
-    for col in ("episode", "steps", "return", "outcome"):
+    setting = f"ε={result['epsilon']:g}"
+    if result["protocol"]:
+        setting = f"protocol {result['protocol']}, {setting}"
+    table = Table(title=f"{result['env_id']} — {result['checkpoint']} ({setting})")
+    for col in ("episode", "steps", "frames", "return", "outcome"):
         table.add_column(col, justify="right")
     for i, e in enumerate(result["episodes"], 1):
-        table.add_row(str(i), f"{e['length']:,}", f"{e['ret']:.2f}",
+        table.add_row(str(i), f"{e['length']:,}", f"{e['frames']:,}", f"{e['ret']:.2f}",
                       "terminated" if e["terminated"] else "truncated")
     console = Console()
     console.print(table)
-    console.print(f"mean return {result['return_mean']:.2f} ± {result['return_std']:.2f} "
-                  f"over {len(result['episodes'])} episodes")
+    line = (f"mean return {result['return_mean']:.2f} ± {result['return_sem']:.2f} (standard "
+            f"error; std {result['return_std']:.2f}) over {len(result['episodes'])} episodes")
+    if result["human_normalized_score_mean"] is not None:
+        line += f"; human-normalized {result['human_normalized_score_mean']:.3f}"
+    console.print(line)
+    for video_path in result.get("videos", []):
+        console.print(f"video: {video_path}")
 
 
 def main() -> None:

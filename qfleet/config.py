@@ -199,7 +199,15 @@ class StopConfig(_Section):
 class EvalConfig(_Section):
     every_s: float = Field(30.0, gt=0)
     episodes: int = Field(10, ge=1, le=1000)
-    epsilon: float = Field(0.0, ge=0.0, le=1.0)
+    epsilon: float = Field(0.001, ge=0.0, le=1.0)
+    """Random-action probability of the evaluation (0.001: Machado et al. 2018)."""
+    protocol: Literal["sticky", "noop30"] = "sticky"
+    """Atari evaluation: `sticky` (Machado et al. 2018: sticky actions 0.25, no no-op
+    starts) or `noop30` (the DQN-era tables: no sticky actions, up to 30 no-op starts)."""
+    max_episode_steps: int = Field(27_000, ge=1)
+    """Agent steps an evaluation episode may last (27,000 = 108,000 Atari frames)."""
+    video_every_s: float | None = Field(None, gt=0)
+    """Record one greedy episode this often, to TensorBoard and `videos/` (none: never)."""
 
 
 class LogConfig(_Section):

@@ -17,6 +17,8 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -26,6 +28,8 @@ from qfleet.config import ConfigError, EnvConfig
 ALE_PREFIX = "ALE/"
 # 108,000 frames = 30 minutes of play, the standard Atari episode cap (Machado et al. 2018).
 ALE_MAX_FRAMES = 108_000
+FRAME_SKIP = 4
+"""Emulator frames per agent step on ALE (the DQN preprocessing)."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +69,7 @@ def is_atari(env_id: str) -> bool:
     return bool(match and match["variant"] == "NoFrameskip")
 
 
-def _ale_game(env_id: str) -> str:
+def ale_game(env_id: str) -> str:
     """`ALE/SpaceInvaders-v5`, `SpaceInvadersNoFrameskip-v4` -> `space_invaders` (the ROM
     name ale_py expects)."""
     name = env_id.removeprefix(ALE_PREFIX).split("-")[0].removesuffix("NoFrameskip")
@@ -100,17 +104,42 @@ def import_env_modules(cfg: EnvConfig) -> None:
                               f"{type(err).__name__}: {err}") from None
 
 
+def env_module_names(cfg: EnvConfig) -> list[str]:
+    """The top-level modules the env needs: `env.imports` and the module of a `module:attr`
+    id."""
+    names = [*cfg.imports, *([cfg.id.split(":", 1)[0]] if ":" in cfg.id else [])]
+    return list(dict.fromkeys(name.split(".")[0] for name in names))
+
+
+def modules_beside(cfg: EnvConfig, folders: list[Path]) -> list[Path]:
+    """The env's modules that are files or packages of the user's own in `folders` (the
+    config's folder, the working directory), not installed ones: the driver imports them
+    from there, and Ray ships them to every worker (`runtime_env.py_modules`), whatever
+    node it runs on."""
+    found: list[Path] = []
+    for name in env_module_names(cfg):
+        for folder in folders:
+            for path in (folder / f"{name}.py", folder / name):
+                if path.is_file() or (path / "__init__.py").is_file():
+                    found.append(path.resolve())
+                    break
+            else:
+                continue
+            break
+    return list(dict.fromkeys(found))
+
+
 def check_env_id(env_id: str) -> None:
     """Refuse unknown ids up front, naming the key (a factory is checked when made)."""
     match = ATARI_V4.match(env_id)
-    if match and match["variant"] != "NoFrameskip" and _has_rom(_ale_game(match["game"])):
+    if match and match["variant"] != "NoFrameskip" and _has_rom(ale_game(match["game"])):
         raise ConfigError(
             f"env.id: {env_id!r} is a Gymnasium v4 Atari id without the DQN preprocessing "
             f"(frame skip of its own); use 'ALE/{match['game']}-v5' (sticky actions, "
             f"Machado et al. 2018) or '{match['game']}NoFrameskip-v4' (the DQN-era setup)")
     if is_atari(env_id):
         _register_ale()
-        if not _has_rom(_ale_game(env_id)) or (env_id.startswith(ALE_PREFIX)
+        if not _has_rom(ale_game(env_id)) or (env_id.startswith(ALE_PREFIX)
                                                and env_id not in gym.envs.registry):
             raise ConfigError(f"env.id: unknown Atari environment {env_id!r}")
         return
@@ -264,31 +293,47 @@ class VecEnv:
         self._env.close()
 
 
+def _atari_vector(cfg: EnvConfig, num_envs: int, **options: Any) -> gym.vector.VectorEnv:
+    """ale_py's vector env of `cfg`: the emulator settings, with `options` for the
+    observation (size, colour, stack) and the threads."""
+    from ale_py.vector_env import AtariVectorEnv
+
+    sticky = cfg.sticky_actions
+    if sticky is None:
+        sticky = 0.25 if cfg.id.endswith("-v5") else 0.0
+    steps = cfg.max_episode_steps
+    return AtariVectorEnv(
+        ale_game(cfg.id),
+        num_envs,
+        repeat_action_probability=sticky,
+        max_num_frames_per_episode=ALE_MAX_FRAMES if steps is None else steps * FRAME_SKIP,
+        frameskip=FRAME_SKIP,
+        noop_max=cfg.noop_max,
+        episodic_life=cfg.episodic_life,
+        reward_clipping=False,  # returns are reported raw; the actor clips for the loss
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+        **options,
+    )
+
+
+def atari_camera(cfg: EnvConfig) -> gym.vector.VectorEnv:
+    """One env of `cfg` showing the full-resolution RGB screen (210×160). Seeded and stepped
+    like `make_vec_env(cfg, 1, seed)` it plays the same episode, emulator for emulator: the
+    video of what the agent saw at 84×84."""
+    return _atari_vector(cfg, 1, num_threads=1, img_height=210, img_width=160,
+                         grayscale=False, stack_num=1)
+
+
 def make_vec_env(cfg: EnvConfig, num_envs: int, seed: int, num_threads: int = 0,
                  batch_size: int = 0) -> VecEnv:
     """Build `num_envs` copies of `cfg.id` for one actor (or the evaluator). `batch_size`
     (ALE only) below `num_envs` makes the vector batched, see `VecEnv`."""
     if is_atari(cfg.id):
-        from ale_py.vector_env import AtariVectorEnv
-
         import_env_modules(cfg)
-        sticky = cfg.sticky_actions
-        if sticky is None:
-            sticky = 0.25 if cfg.id.endswith("-v5") else 0.0
-        max_frames = ALE_MAX_FRAMES if cfg.max_episode_steps is None else cfg.max_episode_steps * 4
-        env = AtariVectorEnv(
-            _ale_game(cfg.id),
-            num_envs,
-            batch_size=batch_size if 0 < batch_size < num_envs else 0,
-            num_threads=num_threads or cfg.env_threads or min(num_envs, 2),
-            repeat_action_probability=sticky,
-            max_num_frames_per_episode=max_frames,
-            stack_num=cfg.frame_stack,
-            noop_max=cfg.noop_max,
-            episodic_life=cfg.episodic_life,
-            reward_clipping=False,  # returns are reported raw; the actor clips for the loss
-            autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-        )
+        env = _atari_vector(cfg, num_envs,
+                            batch_size=batch_size if 0 < batch_size < num_envs else 0,
+                            num_threads=num_threads or cfg.env_threads or min(num_envs, 2),
+                            stack_num=cfg.frame_stack)
         return VecEnv(env, np.dtype(np.uint8))
     make = env_factory(cfg)
     env = gym.vector.SyncVectorEnv(

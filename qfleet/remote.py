@@ -25,7 +25,7 @@ import torch
 from qfleet.actors.actor import Actor
 from qfleet.config import Config, config_from_dict
 from qfleet.envs import EnvSpec
-from qfleet.evaluation import Evaluator
+from qfleet.evaluation import Evaluator, Recording
 from qfleet.learner.inbox import Inbox
 from qfleet.learner.learner import Learner, check_replay_fits, pick_device
 from qfleet.stats import FleetStats
@@ -301,6 +301,9 @@ class EvaluatorWorker:
         start = time.perf_counter()
         result = self.evaluator.evaluate(state, episodes, epsilon)
         return [tuple(e) for e in result], time.perf_counter() - start
+
+    def record(self, state: dict[str, torch.Tensor], epsilon: float) -> Recording:
+        return self.evaluator.record(state, epsilon)
 
 
 RemoteLearner = ray.remote(LearnerWorker)

@@ -10,7 +10,7 @@ import json
 import time
 from collections import deque
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import yaml
 from rich.console import Console
@@ -123,13 +123,34 @@ class Reporter:
             self.print(f"[{elapsed:7.1f}s] {text}")
             self._last_status = now
 
-    def evaluation(self, returns: list[float], step: int, elapsed: float) -> None:
-        mean = sum(returns) / len(returns)
+    def evaluation(self, scores: dict[str, Any], step: int, elapsed: float) -> None:
+        """One evaluation's `evaluation.scores`: returns, the human-normalized score (on
+        Atari-57 games) and episode lengths in frames."""
+        returns = [e["ret"] for e in scores["episodes"]]
+        mean, sem = scores["return_mean"], scores["return_sem"]
         self.writer.add_scalar("eval/return_mean", mean, step)
+        self.writer.add_scalar("eval/return_sem", sem, step)
         self.writer.add_scalar("eval/return_max", max(returns), step)
         self.writer.add_scalar("eval/return_min", min(returns), step)
-        self.print(f"[{elapsed:7.1f}s] greedy eval over {len(returns)} episodes: "
-                   f"mean return {mean:.2f} (min {min(returns):.1f}, max {max(returns):.1f})")
+        frames = [e["frames"] for e in scores["episodes"]]
+        self.writer.add_scalar("eval/episode_frames", sum(frames) / len(frames), step)
+        hns = scores["human_normalized_score_mean"]
+        if hns is not None:
+            self.writer.add_scalar("eval/human_normalized_score", hns, step)
+        setting = f"ε={scores['epsilon']:g}"
+        if scores["protocol"]:
+            setting = f"{scores['protocol']}, {setting}"
+        line = (f"[{elapsed:7.1f}s] greedy eval ({setting}) over {len(returns)} episodes: mean "
+                f"return {mean:.2f} ± {sem:.2f} (min {min(returns):.1f}, max {max(returns):.1f})")
+        if hns is not None:
+            line += f", human-normalized {hns:.3f}"
+        self.print(line)
+
+    def video(self, gif: bytes, step: int) -> None:
+        """A filmed greedy episode, in TensorBoard's IMAGES tab as `eval/video`."""
+        from qfleet.video import gif_summary
+
+        self.writer.file_writer.add_summary(gif_summary("eval/video", gif), step)
 
     def flush(self) -> None:
         """TensorBoard's events onto disk (before an upload); nothing once closed."""

@@ -38,3 +38,25 @@ def test_unknown_benchmark_and_options_a_benchmark_does_not_take():
     assert_one_line_error(qfleet("bench", "gpu"), "No such command 'gpu'")
     assert_one_line_error(qfleet("bench", "learner", "--actors", "3"), "--actors")
     assert_one_line_error(qfleet("bench", "learner", "--device", "tpu"), "'--device'")
+
+
+def test_learning_curves_of_qfleet_and_sb3_on_one_budget(tmp_path):
+    """`bench learning --against sb3`: both run for real on the same budget and each
+    reports a curve of greedy evaluations (the figures are the benchmark's, not asserted)."""
+    picture = tmp_path / "curve.png"
+    result = qfleet("bench", "learning", "--env", "CartPole-v1", "--seconds", "25",
+                    "--points", "3", "--episodes", "2", "--against", "sb3", "--plot", picture,
+                    "actors.num_actors=1", "--json", timeout=400)
+    report = last_json(result)
+    for name in ("qfleet", "sb3"):
+        (run,) = report["runs"][name]
+        assert run["curve"] and run["env_steps"] > 0, report
+        assert all(0 < p["seconds"] <= run["wall_s"] for p in run["curve"])
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_learning_refuses_what_it_cannot_run():
+    assert_one_line_error(qfleet("bench", "learning", "--env", "Acrobot-v1"),
+                          "no shipped config for 'Acrobot-v1'")
+    assert_one_line_error(qfleet("bench", "learning", "--against", "rllib"),
+                          "--against: expected sb3")

@@ -79,3 +79,61 @@ def test_auto_fleet_grows_when_a_node_joins_and_survives_a_node_loss(cluster, tm
     s = summary(run_dir)
     assert s["num_actors"] == 3 and s["actor_nodes"] >= 3
     assert s["actor_restarts"] >= 1 and s["stopped_by"] == "time_s"
+
+
+ENV_BESIDE_THE_CONFIG = '''
+import os
+
+import gymnasium as gym
+import numpy as np
+
+
+class Walk(gym.Env):
+    """Two steps right to the goal; notes where each copy was imported from."""
+
+    observation_space = gym.spaces.Box(0.0, 1.0, (2,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, trace: str = "") -> None:
+        if trace:
+            with open(os.path.join(trace, f"{os.getpid()}"), "w") as out:
+                out.write(__file__)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.pos = 0
+        return np.array([1.0, 0.0], np.float32), {}
+
+    def step(self, action):
+        self.pos = max(0, self.pos + (1 if action == 1 else -1))
+        done = self.pos >= 2
+        return (np.array([0.0, 1.0], np.float32) if self.pos else np.array([1.0, 0.0],
+                np.float32), float(done), done, False, {})
+'''
+
+
+def test_an_env_module_beside_the_config_reaches_actors_on_other_nodes(cluster, tmp_path):
+    """`qfleet train` joining a cluster (RAY_ADDRESS), with the env in a module next to
+    the config, neither installed nor in the working directory: Ray ships it to the
+    workers, which import it from there."""
+    project, trace = tmp_path / "project", tmp_path / "trace"
+    project.mkdir()
+    trace.mkdir()
+    (project / "walk_env_beside.py").write_text(ENV_BESIDE_THE_CONFIG)
+    config = yaml.safe_load((ROOT / "configs" / "cartpole.yaml").read_text())
+    config["env"] = {"id": "walk_env_beside:Walk", "kwargs": {"trace": str(trace)},
+                     "max_episode_steps": 20}
+    config["stop"] = {"env_steps": 2000}
+    (project / "walk.yaml").write_text(yaml.safe_dump(config))
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "qfleet.cli", "train", str(project / "walk.yaml"),
+           "actors.num_actors=2", HEAD_ON_HEAD, "--run-dir", str(run_dir)]
+    result = subprocess.run(cmd, cwd=tmp_path, env=cluster, capture_output=True, text=True,
+                            timeout=400)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    s = summary(run_dir)
+    assert s["env_steps"] >= 2000 and s["actor_nodes"] >= 2
+    imported_from = {p.read_text() for p in trace.iterdir()}
+    shipped = {f for f in imported_from if "runtime_resources" in f}
+    assert shipped, imported_from  # the workers' copies came from Ray's upload
+    assert imported_from - shipped == {str(project / "walk_env_beside.py")}  # the driver's

@@ -9,8 +9,19 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from qfleet.bench.common import run_processes, scalars
 from tests.conftest import CONFIGS, ROOT, assert_one_line_error, qfleet, summary
+
+
+def video_frames(path) -> tuple[tuple[int, int], int]:
+    """(height, width) and the number of frames of an mp4, decoded for real."""
+    import av
+
+    with av.open(str(path)) as container:
+        frames = [f for f in container.decode(video=0)]
+    return (frames[0].height, frames[0].width), len(frames)
 
 
 def scalar_steps(run_dir, tag: str) -> list[int]:
@@ -26,7 +37,7 @@ def test_cartpole_reaches_475_through_two_actors(run_dir):
     assert s["eval_return_mean"] >= 475
     assert 0 < s["time_to_target_s"] < 480
     assert s["actor_nodes"] >= 1 and s["actor_restarts"] == 0
-    assert "greedy eval over 10 episodes" in result.stdout
+    assert "greedy eval (ε=0.001) over 10 episodes" in result.stdout
     assert "episode " in result.stdout and "return" in result.stdout
     assert scalar_steps(run_dir, "charts/episodic_return")
     assert scalar_steps(run_dir, "eval/return_mean")
@@ -43,11 +54,20 @@ def test_spaceinvaders_smoke_checkpoints_and_evaluates(run_dir):
     result = qfleet("train", CONFIGS / "spaceinvaders-cpu.yaml", "actors.num_actors=1",
                     "actors.envs_per_actor=4", "stop.env_steps=2000", "replay.capacity=4000",
                     "replay.min_size=64", "learner.batch_size=8", "eval.episodes=1",
-                    "env.max_episode_steps=200", "--run-dir", run_dir)
+                    "env.max_episode_steps=200", "eval.video_every_s=1", "--run-dir", run_dir)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     s = summary(run_dir)
     assert s["env_steps"] >= 2000 and s["updates"] >= 1 and s["stopped_by"] == "env_steps"
     assert s["eval_return_mean"] is not None
+    # The standard protocol, whatever the training env did (200-step episodes here).
+    assert s["eval_protocol"] == "sticky" and s["eval_epsilon"] == 0.001
+    assert s["human_normalized_score_mean"] == pytest.approx(
+        (s["eval_return_mean"] - 148.0) / (1668.7 - 148.0))
+    assert scalar_steps(run_dir, "eval/human_normalized_score")
+    assert [e.value for e in scalars(run_dir, "eval/episode_frames")][-1] > 4 * 200
+    videos = sorted((run_dir / "videos").glob("eval-*.mp4"))
+    assert videos, result.stdout[-3000:]
+    assert video_frames(videos[-1])[0] == (210, 160)  # the full screen, not the 84×84 input
     assert scalar_steps(run_dir, "charts/SPS")  # CleanRL's tag names
     assert scalar_steps(run_dir, "losses/td_loss") and scalar_steps(run_dir, "losses/q_values")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -58,9 +78,23 @@ def test_spaceinvaders_smoke_checkpoints_and_evaluates(run_dir):
     text = acc.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
     assert "SpaceInvaders" in text and "envs_per_actor: 4" in text
     assert "_hparams_/session_start_info" in acc.PluginTagToContent("hparams")
+    gif = acc.Images("eval/video")[-1]  # the filmed episode, as TensorBoard shows it
+    assert gif.encoded_image_string[:6] == b"GIF89a" and (gif.height, gif.width) == (210, 160)
+
     evaluated = qfleet("evaluate", run_dir, "--episodes", "1", timeout=300)
     assert evaluated.returncode == 0, evaluated.stderr
-    assert "mean return" in evaluated.stdout
+    assert "mean return" in evaluated.stdout and "human-normalized" in evaluated.stdout
+    evaluated = qfleet("evaluate", run_dir, "--episodes", "2", "--protocol", "noop30",
+                       "--video", run_dir / "eval-videos", "--json", timeout=300)
+    assert evaluated.returncode == 0, evaluated.stderr
+    report = json.loads(evaluated.stdout.strip().splitlines()[-1])
+    assert report["protocol"] == "noop30" and report["epsilon"] == 0.001
+    assert len(report["videos"]) == 2
+    for episode, path in zip(report["episodes"], report["videos"], strict=True):
+        assert episode["frames"] == 4 * episode["length"]
+        # one frame per agent step, plus the first
+        assert video_frames(path) == ((210, 160), episode["length"] + 1)
+    assert_one_line_error(qfleet("evaluate", run_dir, "--protocol", "nope"), "eval.protocol")
 
 
 def test_barebone_learns_once_per_streamed_transition(run_dir):

@@ -117,3 +117,35 @@ def chaos(seconds: Annotated[float, typer.Option(min=30.0, help="Length of the r
     """SIGKILL actors and the learner of a real CartPole run at random moments."""
     _report("chaos", seconds, kills=kills, learner_kills=learner_kills, seed=seed,
             checkpoint_every=checkpoint_every, as_json=as_json)
+
+
+@app.command()
+def learning(
+    env_id: Annotated[str, typer.Option("--env", help="Env id.")] = "CartPole-v1",
+    seconds: Annotated[float, typer.Option(min=10.0, help="Wall-clock budget of each run, "
+                                                         "start-up included.")] = 120.0,
+    config: Annotated[str | None, typer.Option(
+        help="qfleet config (default: configs/cartpole.yaml, or spaceinvaders-cpu.yaml for "
+             "Atari).")] = None,
+    against: Annotated[str | None, typer.Option(
+        help="sb3: also run Stable-Baselines3's zoo DQN on the same budget.")] = None,
+    seeds: Annotated[int, typer.Option(min=1, help="Seeds, each run alternating.")] = 1,
+    target: Annotated[float | None, typer.Option(
+        help="Stop each run at this greedy return and report the time to it.")] = None,
+    points: Annotated[int, typer.Option(min=1, help="Evaluations along the budget.")] = 8,
+    episodes: Annotated[int, typer.Option(min=1, help="Episodes per evaluation.")] = 16,
+    plot: Annotated[str | None, typer.Option(help="Write the curves as a PNG.")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(
+        help="Overrides of the qfleet config, e.g. learner.replay_ratio=8.")] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Greedy evaluations along a wall-clock budget, optionally beside SB3's zoo DQN."""
+    from qfleet.config import ConfigError
+
+    try:
+        _report("learning", seconds, env_id=env_id, config=config, against=against,
+                seeds=seeds, target=target, points=points, episodes=episodes,
+                overrides=overrides or [], plot=plot, as_json=as_json)
+    except ConfigError as err:
+        print(f"qfleet: error: {err}", file=sys.stderr)
+        raise typer.Exit(2) from None

@@ -18,12 +18,15 @@ from qfleet.config import Config
 from qfleet.driver.failures import describe_failure
 from qfleet.driver.placement import evaluator_options
 from qfleet.envs import EnvSpec
+from qfleet.evaluation import Recording
 from qfleet.remote import RemoteEvaluator
 from qfleet.reporting import Reporter
 from qfleet.transitions import Episode
 
 EVAL_GRACE_S = 2.0
 """How long the end of a run waits for an evaluation still running before abandoning it."""
+VIDEO_GRACE_S = 60.0
+"""How long the end of a run waits for a video being filmed (a whole episode)."""
 
 
 class Evaluations:
@@ -33,6 +36,7 @@ class Evaluations:
         self._node: str | None = None
         self.evaluator: Any = None
         self._eval_ref: ray.ObjectRef | None = None
+        self._video_ref: ray.ObjectRef | None = None
 
     def start(self, near_node: str | None) -> None:
         self._node = near_node
@@ -46,6 +50,26 @@ class Evaluations:
     def launch(self, weights: Any) -> None:
         c = self.config.eval
         self._eval_ref = self.evaluator.evaluate.remote(weights, c.episodes, c.epsilon)
+
+    @property
+    def filming(self) -> bool:
+        return self._video_ref is not None
+
+    def launch_video(self, weights: Any) -> None:
+        """Film one episode (queued behind an evaluation running on the same evaluator)."""
+        self._video_ref = self.evaluator.record.remote(weights, self.config.eval.epsilon)
+
+    def collect_video(self, timeout: float | None = 0.0) -> Recording | None:
+        """The filmed episode once done; None before, or when it failed (said, never
+        stopping training: a lost evaluator is `collect`'s to recreate)."""
+        if self._video_ref is None or not ray.wait([self._video_ref], timeout=timeout)[0]:
+            return None
+        ref, self._video_ref = self._video_ref, None
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayError as err:
+            self.reporter.print(f"video skipped: {describe_failure(err)}")
+        return None
 
     def collect(self, timeout: float | None = 0.0) -> list[Episode] | None:
         """The running evaluation's episodes once it finished (None before, or when it was
@@ -94,6 +118,7 @@ class Evaluations:
 
     def _replace(self) -> None:
         """A fresh evaluator (for one lost, or one busy with an abandoned evaluation)."""
+        self._video_ref = None
         self.shutdown()
         self.start(self._node)
 

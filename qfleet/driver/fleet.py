@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import statistics
 import threading
 import time
 import traceback
@@ -20,12 +19,14 @@ from typing import Any
 import ray
 
 from qfleet.config import Config
+from qfleet.driver.evaluations import VIDEO_GRACE_S
 from qfleet.driver.failures import FleetFailure, describe_failure
 from qfleet.driver.placement import autoscaler_present, check_placeable, resolve_fleet
 from qfleet.driver.record import RunRecord, StopReason, learner_state
 from qfleet.driver.scaling import Scaling
 from qfleet.driver.supervision import Supervisor
 from qfleet.envs import EnvSpec
+from qfleet.evaluation import Recording, protocol_name, scores
 from qfleet.learner.learner import LearnerError
 from qfleet.reporting import Rates, Reporter
 from qfleet.stats import Counters, FleetStats
@@ -65,6 +66,7 @@ class Fleet:
         self.nodes: set[str] = set()
         self.eval_mean: float | None = None
         self.eval_std: float | None = None
+        self.eval_scores: dict[str, Any] = {}
         self.time_to_target: float | None = None
         self._next_checkpoint = self.counters.updates + config.log.checkpoint_every_updates
         self._nonfinite = (0, 0)  # (learner generation, skipped updates reported)
@@ -128,6 +130,7 @@ class Fleet:
         self._last_report = (start, self.counters)
         report, scale, evaluate = Every(1.0, start), Every(2.0, start), Every(c.eval.every_s,
                                                                                  start)
+        film = Every(c.eval.video_every_s, start) if c.eval.video_every_s else None
         while not self.record.stopped:
             stats = sup.poll_stats(TICK_S)
             now = time.monotonic()
@@ -140,6 +143,9 @@ class Fleet:
                 if (not sup.evals.running and stats.counters.updates > 0
                         and evaluate.due(now)):
                     sup.evals.launch(stats.weights)
+                if (film is not None and not sup.evals.filming and stats.counters.updates > 0
+                        and film.due(now)):
+                    sup.evals.launch_video(stats.weights)
             sup.check_actors()
             if scale.due(now):  # nodes that arrived (or did not)
                 scaling.check(sup.streaming_actors, sup.learner_up)
@@ -147,6 +153,8 @@ class Fleet:
                     sup.grow()
             if (episodes := sup.evals.collect()) is not None:
                 self._record_eval(episodes)
+            if (recording := sup.evals.collect_video()) is not None:
+                self._record_video(recording)
             self.record.sync()
             self._check_budget(now - start)
 
@@ -211,17 +219,33 @@ class Fleet:
         return nbytes is not None and self.record.replay_fits(nbytes)
 
     def _record_eval(self, episodes: list[Episode]) -> None:
-        returns = [e.ret for e in episodes]
-        self.eval_mean = statistics.fmean(returns)
-        self.eval_std = statistics.pstdev(returns)
+        self.eval_scores = scores(self.config, episodes, self.config.eval.epsilon)
+        self.eval_mean = self.eval_scores["return_mean"]
+        self.eval_std = self.eval_scores["return_std"]
         elapsed = time.monotonic() - self.command_start
-        self.reporter.evaluation(returns, self.counters.env_steps, elapsed)
+        self.reporter.evaluation(self.eval_scores, self.counters.env_steps, elapsed)
         target = self.config.stop.target_return
         if target is not None and self.eval_mean >= target and self.time_to_target is None:
             self.time_to_target = elapsed
             self.record.stop(StopReason.TARGET_RETURN,
                              f"greedy evaluation reached {self.eval_mean:.1f} (target "
                              f"{target:g}) {elapsed:.1f} s after the start")
+
+    def _record_video(self, recording: Recording) -> None:
+        """The filmed episode: its mp4 under `videos/` (uploaded with the run), its start
+        in TensorBoard."""
+        step = self.counters.env_steps
+        path = self.record.run_dir / "videos" / f"eval-{step:012d}.mp4"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(recording.mp4)
+        except OSError as err:
+            self.reporter.print(f"video not written: {err}")
+            return
+        self.reporter.video(recording.gif, step)
+        note = "" if recording.complete else " (cut short: the camera lost the episode)"
+        self.reporter.print(f"video of a greedy episode (return {recording.episode.ret:.1f}): "
+                            f"{path}{note}")
 
     def _check_budget(self, elapsed: float) -> None:
         stop, steps = self.config.stop, self.counters.env_steps
@@ -256,6 +280,13 @@ class Fleet:
                 self._save_replay(self.counters.updates)
             except OSError as err:
                 self.reporter.print(f"error: final checkpoint not written: {err}")
+            if sup.evals.filming and not self._terminating:
+                try:
+                    recording = sup.evals.collect_video(timeout=VIDEO_GRACE_S)
+                except KeyboardInterrupt:  # a further Ctrl-C: no video, on to the summary
+                    recording = None
+                if recording is not None:
+                    self._record_video(recording)
             if record.stopped_by.budget:  # the summary reports the final weights' return
                 try:
                     episodes = sup.evals.final(network, lambda: self._terminating)
@@ -278,6 +309,11 @@ class Fleet:
             "train_time_s": round(time.monotonic() - self._train_start, 3),
             "eval_return_mean": self.eval_mean,
             "eval_return_std": self.eval_std,
+            "eval_return_sem": self.eval_scores.get("return_sem"),
+            "eval_episodes": len(self.eval_scores.get("episodes", [])),
+            "eval_protocol": protocol_name(self.config),
+            "eval_epsilon": self.config.eval.epsilon,
+            "human_normalized_score_mean": self.eval_scores.get("human_normalized_score_mean"),
             "target_return": self.config.stop.target_return,
             "time_to_target_s": (None if self.time_to_target is None
                                  else round(self.time_to_target, 3)),

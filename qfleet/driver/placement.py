@@ -10,6 +10,9 @@ import json
 import math
 import os
 import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -22,22 +25,45 @@ AUTOSCALER_REPORT_WAIT_S = 10.0
 """How long a driver on a fresh head waits for the autoscaler's first report."""
 
 
-def connect_ray(address: str | None, cpus_needed: float) -> None:
-    """Join a cluster (`--address`, `RAY_ADDRESS`, `ray job submit`) or start a local one."""
+def connect_ray(address: str | None, cpus_needed: float, modules: Sequence[Path] = ()
+                ) -> None:
+    """Join a cluster (`--address`, `RAY_ADDRESS`, `ray job submit`) or start a local one.
+    `modules`: the user's own env modules, shipped to every worker on every node."""
     if ray.is_initialized():
+        if modules:
+            warnings.warn(f"Ray was started before qfleet: {', '.join(m.name for m in modules)}"
+                          " must be importable on every node (ray.init(runtime_env="
+                          "{'py_modules': [...]}) ships it)", stacklevel=2)
         return
+    runtime_env = shipping(modules)
     # The console is the driver's: Ray's per-process log lines (each worker's ALE banner,
     # the raylet's notice of every killed worker) stay in Ray's session logs. What a worker
     # has to say reaches the driver as data (errors, learner notes) and is printed once.
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, logging_level="WARNING", log_to_driver=False)
+        ray.init(address=address, logging_level="WARNING", log_to_driver=False,
+                 runtime_env=runtime_env)
         return
     # A local Ray schedules by logical CPUs; actors mostly wait on envs and the learner, so
     # the fleet may ask for more logical CPUs than the machine has cores.
     # address="local": a new embedded Ray even when a `ray start` cluster runs here too.
     ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(cpus_needed)),
-             include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+             include_dashboard=False, logging_level="WARNING", log_to_driver=False,
+             runtime_env=runtime_env)
+
+
+def shipping(modules: Sequence[Path]) -> dict[str, Any] | None:
+    """The runtime env that ships `modules`; none inside a job submitted with code of its
+    own (`--working-dir`, `py_modules`), which already reaches every worker."""
+    if not modules:
+        return None
+    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
+
+    job = json.loads(os.environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR, "{}"))
+    shipped = job.get("runtime_env") or {}
+    if "working_dir" in shipped or "py_modules" in shipped:
+        return None
+    return {"py_modules": [str(m) for m in modules]}
 
 
 def autoscaler_present(wait_s: float = AUTOSCALER_REPORT_WAIT_S) -> bool:

@@ -1,0 +1,186 @@
+"""Learning per wall-clock second: greedy evaluations along a fixed budget, start-up
+included, for qfleet and (optionally) Stable-Baselines3's zoo DQN on the same machine.
+
+Each seed runs qfleet then SB3, one after the other, so that machine noise hits both;
+medians over seeds. With a target return, each run stops there and the figure is the
+time to reach it; without one, the figure is the curve and its last point.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from qfleet.bench.common import scalars
+from qfleet.config import ConfigError, load_config
+from qfleet.envs import is_atari
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def default_config(env_id: str) -> Path:
+    """The shipped config for this kind of env: CartPole's, or the laptop Atari one."""
+    name = ("cartpole.yaml" if env_id == "CartPole-v1" else
+            "spaceinvaders-cpu.yaml" if is_atari(env_id) else None)
+    if name is None or not (CONFIGS / name).is_file():
+        raise ConfigError(f"--config: no shipped config for {env_id!r}; give one")
+    return CONFIGS / name
+
+
+def run(seconds: float, env_id: str, config: str | None = None,
+        against: str | None = None, seeds: int = 1, target: float | None = None,
+        points: int = 8, episodes: int = 16, overrides: list[str] | None = None,
+        plot: str | None = None) -> dict[str, Any]:
+    path = Path(config) if config else default_config(env_id)
+    overrides = [f"env.id={env_id}", *(overrides or [])]
+    cfg = load_config(path, overrides)  # bad input is refused before anything runs
+    every = max(1.0, seconds / points) if target is None else cfg.eval.every_s
+    eval_args = [f"eval.every_s={every:g}", f"eval.episodes={episodes}"]
+    runs: dict[str, list[dict[str, Any]]] = {"qfleet": []}
+    if against:
+        import importlib.util
+
+        if against != "sb3" or importlib.util.find_spec("stable_baselines3") is None:
+            raise ConfigError("--against sb3 needs stable-baselines3: pip install "
+                              "'qfleet[bench]'" if against == "sb3" else
+                              f"--against: expected sb3, got {against!r}")
+        runs["sb3"] = []
+    for seed in range(seeds):
+        runs["qfleet"].append(_qfleet(path, [*overrides, f"env.seed={seed}", *eval_args],
+                                      seconds, target))
+        if against:
+            runs["sb3"].append(_sb3(cfg, seed, seconds, target, every, episodes))
+    result = {"env_id": env_id, "seconds": seconds, "target": target, "seeds": seeds,
+              "episodes": episodes, "protocol": cfg.eval.protocol if is_atari(env_id) else None,
+              "epsilon": cfg.eval.epsilon, "config": str(path), "overrides": overrides,
+              "runs": runs, "summary": {name: _summarize(r, target) for name, r in runs.items()}}
+    if target is not None and against:
+        ours, theirs = (result["summary"][k]["time_to_target_median_s"] for k in runs)
+        result["time_ratio"] = None if None in (ours, theirs) else ours / theirs
+    if plot:
+        _plot(result, plot)
+        result["plot"] = plot
+    return result
+
+
+def _qfleet(config: Path, overrides: list[str], seconds: float,
+            target: float | None) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="qfleet-bench-learning-") as tmp:
+        run_dir = Path(tmp) / "run"
+        stop = [f"stop.time_s={seconds:g}",
+                f"stop.target_return={'null' if target is None else target}"]
+        started = time.time()
+        proc = subprocess.run([sys.executable, "-m", "qfleet.cli", "train", str(config),
+                               *overrides, *stop, "--run-dir", str(run_dir)],
+                              capture_output=True, text=True)
+        wall = time.time() - started
+        if proc.returncode != 0:
+            raise RuntimeError(f"qfleet train failed ({proc.returncode}): "
+                               f"{proc.stderr.strip().splitlines()[-1:]}")
+        summary = json.loads((run_dir / "summary.json").read_text())
+        sems = {e.step: e.value for e in scalars(run_dir, "eval/return_sem")}
+        curve = [{"seconds": e.wall_time - started, "env_steps": e.step,
+                  "return_mean": e.value, "return_sem": sems.get(e.step)}
+                 for e in scalars(run_dir, "eval/return_mean")]
+    return {"curve": curve, "wall_s": wall, "env_steps": summary["env_steps"],
+            "updates": summary["updates"]}
+
+
+def _sb3(cfg: Any, seed: int, seconds: float, target: float | None, every: float,
+         episodes: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="qfleet-bench-sb3-") as tmp:
+        spec, out = Path(tmp) / "spec.json", Path(tmp) / "out.json"
+        started = time.time()
+        spec.write_text(json.dumps({
+            "started": started, "env_id": cfg.env.id, "atari": is_atari(cfg.env.id),
+            "seed": seed, "seconds": seconds, "target": target, "every_s": every,
+            "episodes": episodes, "epsilon": cfg.eval.epsilon, "protocol": cfg.eval.protocol,
+            "max_steps": cfg.eval.max_episode_steps}))
+        proc = subprocess.run([sys.executable, "-m", "qfleet.bench.sb3_dqn", str(spec),
+                               str(out)], capture_output=True, text=True)
+        wall = time.time() - started
+        if proc.returncode != 0:
+            raise RuntimeError(f"SB3 run failed ({proc.returncode}): "
+                               f"{proc.stderr.strip().splitlines()[-1:]}")
+        return {**json.loads(out.read_text()), "wall_s": wall}
+
+
+def time_to(curve: list[dict[str, Any]], target: float) -> float | None:
+    return next((p["seconds"] for p in curve if p["return_mean"] >= target), None)
+
+
+def _summarize(runs: list[dict[str, Any]], target: float | None) -> dict[str, Any]:
+    last = [r["curve"][-1]["return_mean"] for r in runs if r["curve"]]
+    out: dict[str, Any] = {
+        "final_return_median": statistics.median(last) if last else None,
+        "env_steps_median": statistics.median(r["env_steps"] for r in runs),
+        "updates_median": statistics.median(r["updates"] for r in runs),
+    }
+    if target is not None:
+        times = [time_to(r["curve"], target) for r in runs]
+        out["time_to_target_s"] = times
+        reached = [t for t in times if t is not None]
+        # A run that never reached the target counts as the whole budget (a lower bound).
+        median = statistics.median(t if t is not None else math.inf for t in times)
+        out["time_to_target_median_s"] = None if not reached or math.isinf(median) else median
+    return out
+
+
+def _plot(result: dict[str, Any], path: str) -> None:
+    try:
+        import matplotlib
+    except ImportError:
+        raise ConfigError("--plot needs matplotlib: pip install 'qfleet[bench]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for (name, runs), color in zip(result["runs"].items(), ("tab:blue", "tab:orange"),
+                                   strict=False):
+        for i, r in enumerate(runs):
+            xs = [p["seconds"] for p in r["curve"]]
+            ys = [p["return_mean"] for p in r["curve"]]
+            errs = [p.get("return_sem") or 0.0 for p in r["curve"]]
+            ax.errorbar(xs, ys, yerr=errs, color=color, alpha=0.8, marker="o", markersize=3,
+                        capsize=2, label=name if i == 0 else None)
+    ax.set_xlabel("wall-clock seconds since the command started")
+    ax.set_ylabel(f"greedy return ({result['episodes']} episodes, ± s.e.)")
+    ax.set_title(f"{result['env_id']}: learning per wall-clock second")
+    if result["target"] is not None:
+        ax.axhline(result["target"], color="gray", linestyle="--", linewidth=1)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def describe(result: dict[str, Any]) -> list[str]:
+    lines = [f"{result['env_id']}: {result['seconds']:g} s budget, {result['seeds']} seed(s), "
+             f"greedy evaluations of {result['episodes']} episodes"]
+    for name, runs in result["runs"].items():
+        s = result["summary"][name]
+        for seed, r in enumerate(runs):
+            points = ", ".join(f"{p['seconds']:.0f}s:{p['return_mean']:.0f}"
+                               for p in r["curve"])
+            lines.append(f"  {name} seed {seed}: {r['env_steps']:,} env steps, "
+                         f"{r['updates']:,} updates; {points}")
+        if "time_to_target_s" in s:
+            times = ", ".join("never" if t is None else f"{t:.1f}"
+                              for t in s["time_to_target_s"])
+            median = s["time_to_target_median_s"]
+            lines.append(f"  {name}: time to {result['target']:g}: {times} s; median "
+                         + ("never" if median is None else f"{median:.1f} s"))
+        elif s["final_return_median"] is not None:
+            lines.append(f"  {name}: median final return {s['final_return_median']:.1f}")
+    if result.get("time_ratio") is not None:
+        lines.append(f"  qfleet / sb3 time to target: {result['time_ratio']:.2f}")
+    if result.get("plot"):
+        lines.append(f"  picture: {result['plot']}")
+    return lines
