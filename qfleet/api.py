@@ -237,15 +237,19 @@ def evaluate(checkpoint_or_run_dir: str | os.PathLike[str], episodes: int = 10,
              video_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Run the policy (near-)greedily for `episodes` episodes of its env, in-process, with
     the run's evaluation settings (`eval.epsilon`, `eval.protocol`) unless given here.
-    `video_dir`: one mp4 per episode, from the full-resolution frames. Returns `scores()`
+    `video_dir`: one mp4 per episode, from the full-resolution frames. Returns `Scores.to_dict()`
     (protocol, ε, return mean/std/sem, human-normalized mean, episodes) with `checkpoint`
     and, with videos, their paths."""
-    from qfleet.evaluation import Evaluator, scores
+    from qfleet.envs import is_atari
+    from qfleet.evaluation import Evaluator, Scores
 
     if episodes < 1:
         raise ConfigError(f"episodes: expected at least 1, got {episodes}")
     policy = load_policy(checkpoint_or_run_dir)
     config = policy.config
+    if protocol is not None and not is_atari(config.env.id):
+        raise ConfigError(f"--protocol: evaluation protocols are for Atari envs; "
+                          f"{config.env.id!r} is evaluated as it trains")
     changes = {k: v for k, v in {"epsilon": epsilon, "protocol": protocol}.items()
                if v is not None}
     if changes:
@@ -266,5 +270,6 @@ def evaluate(checkpoint_or_run_dir: str | os.PathLike[str], episodes: int = 10,
             path.write_bytes(recording.mp4)
             results.append(recording.episode)
             videos.append(str(path))
-    result = {"checkpoint": str(policy.checkpoint), **scores(config, results, epsilon)}
+    result = {"checkpoint": str(policy.checkpoint),
+              **Scores.of(config, results, epsilon).to_dict()}
     return {**result, "videos": videos} if videos else result

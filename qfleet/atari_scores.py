@@ -2,11 +2,14 @@
 
 A human-normalized score puts a game's return on a common scale: 0 is a uniformly random
 agent, 1 a professional human game tester, so results can be averaged across games and
-compared with published tables. The figures are the published ones of Mnih et al. 2015
-(Nature, "Human-level control through deep reinforcement learning"), completed for the
-later games by van Hasselt et al. 2016 and Badia et al. 2020 (Agent57), as DeepMind's
-dqn_zoo tabulates them (`dqn_zoo/atari_data.py`): 30 no-op starts, episodes capped at
-108,000 frames. Keys are ALE ROM names.
+compared with published tables. The random scores are those of Mnih et al. 2015 (Nature,
+"Human-level control through deep reinforcement learning"); the human scores are the
+revised ones of van Hasselt et al. 2016 ("Deep Reinforcement Learning with Double
+Q-learning") and Wang et al. 2016 ("Dueling Network Architectures"), which later papers
+(Rainbow, Agent57, the Atari 100k results) normalize against; both as DeepMind's DQN Zoo
+tabulates them (`dqn_zoo/atari_data.py`). They were measured with up to 30 no-op starts
+and 108,000-frame episodes: a score measured under the `sticky` protocol normalized with
+them mixes protocols, as is common practice. Keys are ALE ROM names.
 """
 
 from __future__ import annotations
@@ -77,5 +80,5 @@ def human_normalized(game: str, score: float) -> float | None:
     """(score − random) / (human − random) for an Atari-57 ROM name; None for any other."""
     if game not in SCORES:
         return None
-    random, human = SCORES[game]
-    return (score - random) / (human - random)
+    low, high = SCORES[game]
+    return (score - low) / (high - low)

@@ -118,8 +118,11 @@ def evaluate(
                       "terminated" if e["terminated"] else "truncated")
     console = Console()
     console.print(table)
-    line = (f"mean return {result['return_mean']:.2f} ± {result['return_sem']:.2f} (standard "
-            f"error; std {result['return_std']:.2f}) over {len(result['episodes'])} episodes")
+    line = f"mean return {result['return_mean']:.2f}"
+    if result["return_sem"] is not None:
+        line += (f" ± {result['return_sem']:.2f} (standard error; std "
+                 f"{result['return_std']:.2f})")
+    line += f" over {len(result['episodes'])} episodes"
     if result["human_normalized_score_mean"] is not None:
         line += f"; human-normalized {result['human_normalized_score_mean']:.3f}"
     console.print(line)

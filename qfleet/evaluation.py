@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -54,31 +55,46 @@ def protocol_name(config: Config) -> str | None:
     return config.eval.protocol if is_atari(config.env.id) else None
 
 
-def frames_per_step(env_id: str) -> int:
-    return FRAME_SKIP if is_atari(env_id) else 1
+@dataclass(frozen=True)
+class Scores:
+    """One evaluation, with what it was measured under: the protocol (None off Atari) and
+    ε, the return's mean, standard deviation and standard error (None for one episode), the
+    human-normalized mean (Atari-57 games, else None), and each episode."""
 
+    env_id: str
+    protocol: str | None
+    epsilon: float
+    episodes: tuple[Episode, ...]
+    return_mean: float
+    return_std: float | None
+    return_sem: float | None
+    human_normalized_score_mean: float | None
+    frames_per_step: int
+    """Emulator frames per agent step (4 on Atari); no-op start frames are not counted."""
 
-def scores(config: Config, episodes: list[Episode], epsilon: float) -> dict[str, Any]:
-    """What a score is reported with: the protocol and ε it was measured under, mean, std
-    and standard error of the return, the human-normalized mean (Atari-57 games), and each
-    episode's return, length in agent steps and in frames."""
-    returns = [e.ret for e in episodes]
-    mean = statistics.fmean(returns)
-    std = statistics.stdev(returns) if len(returns) > 1 else 0.0
-    env_id = config.env.id
-    hns = human_normalized(ale_game(env_id), mean) if is_atari(env_id) else None
-    per_step = frames_per_step(env_id)
-    return {
-        "env_id": env_id,
-        "protocol": protocol_name(config),
-        "epsilon": epsilon,
-        "return_mean": mean,
-        "return_std": std,
-        "return_sem": std / math.sqrt(len(returns)),
-        "human_normalized_score_mean": hns,
-        "episodes": [{"ret": e.ret, "length": e.length, "frames": e.length * per_step,
-                      "terminated": e.terminated} for e in episodes],
-    }
+    @classmethod
+    def of(cls, config: Config, episodes: list[Episode], epsilon: float) -> Scores:
+        returns = [e.ret for e in episodes]
+        mean = statistics.fmean(returns)
+        std = statistics.stdev(returns) if len(returns) > 1 else None
+        env_id = config.env.id
+        atari = is_atari(env_id)
+        return cls(env_id, protocol_name(config), epsilon, tuple(episodes), mean, std,
+                   None if std is None else std / math.sqrt(len(returns)),
+                   human_normalized(ale_game(env_id), mean) if atari else None,
+                   FRAME_SKIP if atari else 1)
+
+    def frames(self, episode: Episode) -> int:
+        return episode.length * self.frames_per_step
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (`qfleet evaluate --json`)."""
+        return {"env_id": self.env_id, "protocol": self.protocol, "epsilon": self.epsilon,
+                "return_mean": self.return_mean, "return_std": self.return_std,
+                "return_sem": self.return_sem,
+                "human_normalized_score_mean": self.human_normalized_score_mean,
+                "episodes": [{"ret": e.ret, "length": e.length, "frames": self.frames(e),
+                              "terminated": e.terminated} for e in self.episodes]}
 
 
 class Recording(NamedTuple):
@@ -148,17 +164,22 @@ class Evaluator:
         start: list[np.ndarray] = []
         outcome: Episode | None = None
         complete = True
-        for item in film:
-            if isinstance(item, Episode):
-                outcome = item
-            elif item is None:
-                complete = False
-            else:
-                writer.add(item)
-                if len(start) < GIF_MAX_FRAMES:
-                    start.append(item)
+        try:
+            for item in film:
+                if isinstance(item, Episode):
+                    outcome = item
+                elif item is None:
+                    complete = False
+                else:
+                    writer.add(item)
+                    if len(start) < GIF_MAX_FRAMES:
+                        start.append(item)
+            mp4 = writer.finish()
+        finally:
+            film.close()  # the envs, also when encoding failed
+            writer.close()
         assert outcome is not None
-        return Recording(outcome, writer.finish(), gif(start, fps), complete)
+        return Recording(outcome, mp4, gif(start, fps), complete)
 
     def _atari_episode(self, seed: int, epsilon: float
                        ) -> tuple[int, Iterator[np.ndarray | Episode | None]]:
@@ -206,7 +227,6 @@ class Evaluator:
         except TypeError as err:
             raise ConfigError(f"env.id: {self.env.id!r} cannot render RGB frames for a "
                               f"video: {err}") from None
-        fps = int(env.metadata.get("render_fps") or 30)
 
         def film() -> Iterator[np.ndarray | Episode | None]:
             try:
@@ -226,6 +246,11 @@ class Evaluator:
             finally:
                 env.close()
 
+        try:
+            fps = int(env.metadata.get("render_fps") or 30)
+        except Exception:
+            env.close()
+            raise
         return fps, film()
 
     def _frame(self, frame: Any) -> np.ndarray:

@@ -10,7 +10,7 @@ import json
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import yaml
 from rich.console import Console
@@ -18,6 +18,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch.utils.tensorboard import SummaryWriter
 
 from qfleet.config import Config
+from qfleet.evaluation import Scores
 from qfleet.stats import Counters, FleetStats
 from qfleet.transitions import Episode
 
@@ -123,25 +124,27 @@ class Reporter:
             self.print(f"[{elapsed:7.1f}s] {text}")
             self._last_status = now
 
-    def evaluation(self, scores: dict[str, Any], step: int, elapsed: float) -> None:
-        """One evaluation's `evaluation.scores`: returns, the human-normalized score (on
-        Atari-57 games) and episode lengths in frames."""
-        returns = [e["ret"] for e in scores["episodes"]]
-        mean, sem = scores["return_mean"], scores["return_sem"]
+    def evaluation(self, scores: Scores, step: int, elapsed: float) -> None:
+        """One evaluation: returns, the human-normalized score (on Atari-57 games) and
+        episode lengths in frames."""
+        returns = [e.ret for e in scores.episodes]
+        mean, sem = scores.return_mean, scores.return_sem
         self.writer.add_scalar("eval/return_mean", mean, step)
-        self.writer.add_scalar("eval/return_sem", sem, step)
+        if sem is not None:
+            self.writer.add_scalar("eval/return_sem", sem, step)
         self.writer.add_scalar("eval/return_max", max(returns), step)
         self.writer.add_scalar("eval/return_min", min(returns), step)
-        frames = [e["frames"] for e in scores["episodes"]]
+        frames = [scores.frames(e) for e in scores.episodes]
         self.writer.add_scalar("eval/episode_frames", sum(frames) / len(frames), step)
-        hns = scores["human_normalized_score_mean"]
+        hns = scores.human_normalized_score_mean
         if hns is not None:
             self.writer.add_scalar("eval/human_normalized_score", hns, step)
-        setting = f"ε={scores['epsilon']:g}"
-        if scores["protocol"]:
-            setting = f"{scores['protocol']}, {setting}"
+        setting = f"ε={scores.epsilon:g}"
+        if scores.protocol:
+            setting = f"{scores.protocol}, {setting}"
+        spread = "" if sem is None else f" ± {sem:.2f}"
         line = (f"[{elapsed:7.1f}s] greedy eval ({setting}) over {len(returns)} episodes: mean "
-                f"return {mean:.2f} ± {sem:.2f} (min {min(returns):.1f}, max {max(returns):.1f})")
+                f"return {mean:.2f}{spread} (min {min(returns):.1f}, max {max(returns):.1f})")
         if hns is not None:
             line += f", human-normalized {hns:.3f}"
         self.print(line)

@@ -5,7 +5,9 @@ IMAGES tab but cannot play mp4.
 
 from __future__ import annotations
 
+import contextlib
 import io
+from typing import Any
 
 import numpy as np
 
@@ -24,10 +26,11 @@ class Mp4Writer:
         import av
 
         self._buffer = io.BytesIO()
-        self._container = av.open(self._buffer, "w", format="mp4")
+        self._container: Any = av.open(self._buffer, "w", format="mp4")
         self._stream = self._container.add_stream("libx264", rate=fps)
         self._stream.pix_fmt = "yuv420p"
-        self._stream.options = {"crf": "20", "preset": "veryfast"}
+        # One encoder thread: the evaluator is a CPU-less Ray actor beside training.
+        self._stream.options = {"crf": "20", "preset": "veryfast", "threads": "1"}
         self._av = av
         self.frames = 0
 
@@ -48,8 +51,15 @@ class Mp4Writer:
     def finish(self) -> bytes:
         """The whole mp4 file."""
         self._container.mux(self._stream.encode())
-        self._container.close()
+        self.close()
         return self._buffer.getvalue()
+
+    def close(self) -> None:
+        """Release the encoder (idempotent; what `finish` has not flushed is dropped)."""
+        if self._container is not None:
+            container, self._container = self._container, None
+            with contextlib.suppress(Exception):  # an encoder that already failed
+                container.close()
 
 
 def gif(frames: list[np.ndarray], fps: int) -> bytes:

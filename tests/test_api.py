@@ -70,6 +70,12 @@ def test_evaluate_runs_episodes_of_the_runs_env(trained):
     assert result["env_id"] == "CartPole-v1" and len(result["episodes"]) == 3
     assert result["return_mean"] == pytest.approx(
         np.mean([e["ret"] for e in result["episodes"]]))
+    assert result["protocol"] is None and result["epsilon"] == 0.0  # not an Atari env
+    videos = qfleet.evaluate(run_dir, episodes=2, video_dir=run_dir.parent / "videos")
+    assert [Path(v).name for v in videos["videos"]] == ["episode-001.mp4", "episode-002.mp4"]
+    assert videos["epsilon"] == 0.001  # the run's eval.epsilon, as in training
+    with pytest.raises(ConfigError, match="--protocol: evaluation protocols are for Atari"):
+        qfleet.evaluate(run_dir, protocol="noop30")
 
 
 def test_bad_input_raises_the_commands_one_line_errors(tmp_path):

@@ -60,3 +60,7 @@ def test_learning_refuses_what_it_cannot_run():
                           "no shipped config for 'Acrobot-v1'")
     assert_one_line_error(qfleet("bench", "learning", "--against", "rllib"),
                           "--against: expected sb3")
+    # Refused before any run spends its budget: SB3's zoo has no entry for this env.
+    assert_one_line_error(qfleet("bench", "learning", "--env", "LunarLander-v3", "--config",
+                                 "configs/lunarlander.yaml", "--against", "sb3"),
+                          "no rl-zoo DQN hyperparameters for 'LunarLander-v3'")

@@ -9,7 +9,7 @@ import pytest
 from qfleet.atari_scores import SCORES, human_normalized
 from qfleet.config import Config
 from qfleet.envs import env_spec
-from qfleet.evaluation import Evaluator, evaluation_env, scores
+from qfleet.evaluation import Evaluator, Scores, evaluation_env
 from qfleet.networks import build_q_network
 from qfleet.transitions import Episode
 
@@ -40,13 +40,15 @@ def test_an_atari_protocol_overrides_how_the_env_trained(protocol, sticky, noops
 
 def test_scores_carry_their_protocol_standard_error_and_frames():
     c = config(env={"id": "ALE/Pong-v5"}, eval={"protocol": "noop30"})
-    result = scores(c, [Episode(-21.0, 800, True), Episode(-19.0, 900, True)], 0.001)
+    result = Scores.of(c, [Episode(-21.0, 800, True), Episode(-19.0, 900, True)],
+                       0.001).to_dict()
     assert (result["protocol"], result["epsilon"]) == ("noop30", 0.001)
     assert result["return_mean"] == -20.0 and result["return_sem"] == pytest.approx(1.0)
     assert result["human_normalized_score_mean"] == pytest.approx((-20.0 + 20.7) / 35.3)
     assert [e["frames"] for e in result["episodes"]] == [3200, 3600]
-    cartpole = scores(config(), [Episode(500.0, 500, False)], 0.0)
+    cartpole = Scores.of(config(), [Episode(500.0, 500, False)], 0.0).to_dict()
     assert cartpole["protocol"] is None and cartpole["human_normalized_score_mean"] is None
+    assert cartpole["return_std"] is None and cartpole["return_sem"] is None  # one episode
     assert cartpole["episodes"][0]["frames"] == 500
 
 

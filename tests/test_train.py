@@ -51,7 +51,7 @@ def test_cartpole_reaches_475_through_two_actors(run_dir):
 
 
 def test_spaceinvaders_smoke_checkpoints_and_evaluates(run_dir):
-    result = qfleet("train", CONFIGS / "spaceinvaders-cpu.yaml", "actors.num_actors=1",
+    result = qfleet("train", CONFIGS / "spaceinvaders-cpu.yaml", "learner.replay_ratio=null",
                     "actors.envs_per_actor=4", "stop.env_steps=2000", "replay.capacity=4000",
                     "replay.min_size=64", "learner.batch_size=8", "eval.episodes=1",
                     "env.max_episode_steps=200", "eval.video_every_s=1", "--run-dir", run_dir)

@@ -27,6 +27,9 @@ def _report(name: str, *args: Any, as_json: bool, **kwargs: Any) -> None:
     except LearnerError as err:
         print(f"qfleet: error: {err}", file=sys.stderr)
         raise typer.Exit(2) from None
+    except RuntimeError as err:  # a run it started failed: one line, as every failure
+        print(f"qfleet: error: {err}", file=sys.stderr)
+        raise typer.Exit(1) from None
     for line in module.describe(result):
         print(line)
     if as_json:

@@ -1,9 +1,10 @@
 """Learning per wall-clock second: greedy evaluations along a fixed budget, start-up
 included, for qfleet and (optionally) Stable-Baselines3's zoo DQN on the same machine.
 
-Each seed runs qfleet then SB3, one after the other, so that machine noise hits both;
-medians over seeds. With a target return, each run stops there and the figure is the
-time to reach it; without one, the figure is the curve and its last point.
+Each seed runs qfleet and SB3 one after the other, alternating who goes first, so that
+machine noise hits both; medians over seeds. A curve holds the evaluations finished within
+the budget, counted from the command's launch. With a target return, each run stops there
+and the figure is the time to reach it; without one, the curve and its last point.
 """
 
 from __future__ import annotations
@@ -52,11 +53,23 @@ def run(seconds: float, env_id: str, config: str | None = None,
                               "'qfleet[bench]'" if against == "sb3" else
                               f"--against: expected sb3, got {against!r}")
         runs["sb3"] = []
+    if against:
+        from qfleet.bench.sb3_dqn import zoo_hyperparameters
+
+        try:
+            zoo_hyperparameters(env_id, is_atari(env_id))
+        except ValueError as err:
+            raise ConfigError(f"--against sb3: {err}") from None
+    if plot:
+        _check_plot(plot)
     for seed in range(seeds):
-        runs["qfleet"].append(_qfleet(path, [*overrides, f"env.seed={seed}", *eval_args],
-                                      seconds, target))
-        if against:
-            runs["sb3"].append(_sb3(cfg, seed, seconds, target, every, episodes))
+        # Alternate who goes first, so that any drift of the machine favours neither.
+        for name in ("qfleet", "sb3") if seed % 2 == 0 else ("sb3", "qfleet"):
+            if name == "qfleet":
+                runs[name].append(_qfleet(path, [*overrides, f"env.seed={seed}", *eval_args],
+                                          seconds, target))
+            elif against:
+                runs[name].append(_sb3(cfg, seed, seconds, target, every, episodes))
     result = {"env_id": env_id, "seconds": seconds, "target": target, "seeds": seeds,
               "episodes": episodes, "protocol": cfg.eval.protocol if is_atari(env_id) else None,
               "epsilon": cfg.eval.epsilon, "config": str(path), "overrides": overrides,
@@ -64,6 +77,9 @@ def run(seconds: float, env_id: str, config: str | None = None,
     if target is not None and against:
         ours, theirs = (result["summary"][k]["time_to_target_median_s"] for k in runs)
         result["time_ratio"] = None if None in (ours, theirs) else ours / theirs
+        bare = result["summary"]["sb3"]["time_to_target_without_eval_median_s"]
+        result["time_ratio_sb3_without_eval"] = (None if None in (ours, bare)
+                                                  else ours / bare)
     if plot:
         _plot(result, plot)
         result["plot"] = plot
@@ -82,13 +98,14 @@ def _qfleet(config: Path, overrides: list[str], seconds: float,
                               capture_output=True, text=True)
         wall = time.time() - started
         if proc.returncode != 0:
-            raise RuntimeError(f"qfleet train failed ({proc.returncode}): "
-                               f"{proc.stderr.strip().splitlines()[-1:]}")
+            raise RuntimeError(f"qfleet train failed (exit {proc.returncode}): "
+                               f"{_last_line(proc.stderr)}")
         summary = json.loads((run_dir / "summary.json").read_text())
         sems = {e.step: e.value for e in scalars(run_dir, "eval/return_sem")}
         curve = [{"seconds": e.wall_time - started, "env_steps": e.step,
                   "return_mean": e.value, "return_sem": sems.get(e.step)}
-                 for e in scalars(run_dir, "eval/return_mean")]
+                 for e in scalars(run_dir, "eval/return_mean")
+                 if e.wall_time - started <= seconds]  # the budget counts start-up too
     return {"curve": curve, "wall_s": wall, "env_steps": summary["env_steps"],
             "updates": summary["updates"]}
 
@@ -107,9 +124,16 @@ def _sb3(cfg: Any, seed: int, seconds: float, target: float | None, every: float
                                str(out)], capture_output=True, text=True)
         wall = time.time() - started
         if proc.returncode != 0:
-            raise RuntimeError(f"SB3 run failed ({proc.returncode}): "
-                               f"{proc.stderr.strip().splitlines()[-1:]}")
-        return {**json.loads(out.read_text()), "wall_s": wall}
+            raise RuntimeError(f"the SB3 run failed (exit {proc.returncode}): "
+                               f"{_last_line(proc.stderr)}")
+        result = json.loads(out.read_text())
+        result["curve"] = [p for p in result["curve"] if p["seconds"] <= seconds]
+        return {**result, "wall_s": wall}
+
+
+def _last_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[-1] if lines else "(no output)"
 
 
 def time_to(curve: list[dict[str, Any]], target: float) -> float | None:
@@ -124,20 +148,38 @@ def _summarize(runs: list[dict[str, Any]], target: float | None) -> dict[str, An
         "updates_median": statistics.median(r["updates"] for r in runs),
     }
     if target is not None:
-        times = [time_to(r["curve"], target) for r in runs]
-        out["time_to_target_s"] = times
-        reached = [t for t in times if t is not None]
-        # A run that never reached the target counts as the whole budget (a lower bound).
-        median = statistics.median(t if t is not None else math.inf for t in times)
-        out["time_to_target_median_s"] = None if not reached or math.isinf(median) else median
+        out["time_to_target_s"] = times = [time_to(r["curve"], target) for r in runs]
+        out["time_to_target_median_s"] = _median_time(times)
+        if any("eval_s" in p for r in runs for p in r["curve"]):
+            # SB3's evaluations pause its training (qfleet's run beside it): its clock
+            # without them, for the comparison that charges neither side for evaluating.
+            bare = [time_to([{**p, "seconds": p["seconds"] - p["eval_s"]} for p in r["curve"]],
+                            target) for r in runs]
+            out["time_to_target_without_eval_s"] = bare
+            out["time_to_target_without_eval_median_s"] = _median_time(bare)
     return out
 
 
-def _plot(result: dict[str, Any], path: str) -> None:
+def _median_time(times: list[float | None]) -> float | None:
+    """The median time to target; a run that never reached it counts as slower than every
+    run that did (None when the median itself is such a run)."""
+    median = statistics.median(math.inf if t is None else t for t in times)
+    return None if math.isinf(median) else median
+
+
+def _check_plot(path: str) -> None:
+    """Refuse a picture that could not be drawn before any run spends its budget."""
     try:
-        import matplotlib
+        import matplotlib  # noqa: F401
     except ImportError:
         raise ConfigError("--plot needs matplotlib: pip install 'qfleet[bench]'") from None
+    if not Path(path).resolve().parent.is_dir():
+        raise ConfigError(f"--plot: no directory {str(Path(path).parent)!r}")
+
+
+def _plot(result: dict[str, Any], path: str) -> None:
+    import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -177,10 +219,17 @@ def describe(result: dict[str, Any]) -> list[str]:
             median = s["time_to_target_median_s"]
             lines.append(f"  {name}: time to {result['target']:g}: {times} s; median "
                          + ("never" if median is None else f"{median:.1f} s"))
+            if "time_to_target_without_eval_median_s" in s:
+                bare = s["time_to_target_without_eval_median_s"]
+                lines.append(f"  {name} without its evaluation pauses: median "
+                             + ("never" if bare is None else f"{bare:.1f} s"))
         elif s["final_return_median"] is not None:
             lines.append(f"  {name}: median final return {s['final_return_median']:.1f}")
     if result.get("time_ratio") is not None:
         lines.append(f"  qfleet / sb3 time to target: {result['time_ratio']:.2f}")
+    if result.get("time_ratio_sb3_without_eval") is not None:
+        lines.append("  qfleet / sb3 without its evaluation pauses: "
+                     f"{result['time_ratio_sb3_without_eval']:.2f}")
     if result.get("plot"):
         lines.append(f"  picture: {result['plot']}")
     return lines

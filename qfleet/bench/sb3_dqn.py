@@ -110,13 +110,16 @@ def main(spec_path: str, out_path: str) -> None:
         def __init__(self) -> None:
             super().__init__()
             self.next_eval = started + spec["every_s"]
+            self.eval_s = 0.0
 
         def _on_step(self) -> bool:
             now = time.time()
             if now < self.next_eval:
                 return now - started < spec["seconds"]
             point = {"seconds": 0.0, "env_steps": int(self.num_timesteps), **evaluate()}
+            self.eval_s += time.time() - now
             point["seconds"] = time.time() - started
+            point["eval_s"] = self.eval_s  # seconds spent evaluating so far, this one too
             curve.append(point)
             self.next_eval = time.time() + spec["every_s"]
             target = spec["target"]

@@ -44,6 +44,8 @@ def run(seconds: float, config_path: str = "configs/spaceinvaders-cpu.yaml",
     driver = start_training([config_path, f"stop.time_s={seconds}",
                              f"replay.capacity={capacity}",
                              f"replay.min_size={min(5000, capacity)}", "eval.every_s=120",
+                             # actors at full speed, so the replay is full within minutes
+                             "actors.num_actors=2", "learner.replay_ratio=null",
                              "eval.episodes=2"], run_dir, watch=False)
     rss: dict[str, list[tuple[float, float]]] = {}
     private: dict[str, list[tuple[float, float]]] = {}

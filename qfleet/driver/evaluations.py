@@ -14,7 +14,7 @@ from typing import Any
 
 import ray
 
-from qfleet.config import Config
+from qfleet.config import Config, ConfigError
 from qfleet.driver.failures import describe_failure
 from qfleet.driver.placement import evaluator_options
 from qfleet.envs import EnvSpec
@@ -37,6 +37,7 @@ class Evaluations:
         self.evaluator: Any = None
         self._eval_ref: ray.ObjectRef | None = None
         self._video_ref: ray.ObjectRef | None = None
+        self.videos_off = False  # the env cannot be filmed: said once, never tried again
 
     def start(self, near_node: str | None) -> None:
         self._node = near_node
@@ -67,6 +68,12 @@ class Evaluations:
         ref, self._video_ref = self._video_ref, None
         try:
             return ray.get(ref)
+        except ray.exceptions.RayTaskError as err:
+            if isinstance(err, ConfigError):  # the env renders no frames: stop filming
+                self.videos_off = True
+                self.reporter.print(f"videos off: {describe_failure(err)}")
+            else:
+                self.reporter.print(f"video skipped: {describe_failure(err)}")
         except ray.exceptions.RayError as err:
             self.reporter.print(f"video skipped: {describe_failure(err)}")
         return None
@@ -99,8 +106,8 @@ class Evaluations:
         before the grace period of whoever sent it ends)."""
         if self._eval_ref is not None:
             self.collect(timeout=EVAL_GRACE_S)
-        if self._eval_ref is not None:
-            self._eval_ref = None
+        if self._eval_ref is not None or self._video_ref is not None:
+            self._eval_ref = None  # the final evaluation must not queue behind either
             self._replace()
         weights = ray.put(network)
         for _ in range(2):

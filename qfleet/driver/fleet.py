@@ -26,7 +26,7 @@ from qfleet.driver.record import RunRecord, StopReason, learner_state
 from qfleet.driver.scaling import Scaling
 from qfleet.driver.supervision import Supervisor
 from qfleet.envs import EnvSpec
-from qfleet.evaluation import Recording, protocol_name, scores
+from qfleet.evaluation import Recording, Scores, protocol_name
 from qfleet.learner.learner import LearnerError
 from qfleet.reporting import Rates, Reporter
 from qfleet.stats import Counters, FleetStats
@@ -66,7 +66,7 @@ class Fleet:
         self.nodes: set[str] = set()
         self.eval_mean: float | None = None
         self.eval_std: float | None = None
-        self.eval_scores: dict[str, Any] = {}
+        self.eval_scores: Scores | None = None
         self.time_to_target: float | None = None
         self._next_checkpoint = self.counters.updates + config.log.checkpoint_every_updates
         self._nonfinite = (0, 0)  # (learner generation, skipped updates reported)
@@ -143,8 +143,8 @@ class Fleet:
                 if (not sup.evals.running and stats.counters.updates > 0
                         and evaluate.due(now)):
                     sup.evals.launch(stats.weights)
-                if (film is not None and not sup.evals.filming and stats.counters.updates > 0
-                        and film.due(now)):
+                if (film is not None and not sup.evals.filming and not sup.evals.videos_off
+                        and stats.counters.updates > 0 and film.due(now)):
                     sup.evals.launch_video(stats.weights)
             sup.check_actors()
             if scale.due(now):  # nodes that arrived (or did not)
@@ -219,17 +219,28 @@ class Fleet:
         return nbytes is not None and self.record.replay_fits(nbytes)
 
     def _record_eval(self, episodes: list[Episode]) -> None:
-        self.eval_scores = scores(self.config, episodes, self.config.eval.epsilon)
-        self.eval_mean = self.eval_scores["return_mean"]
-        self.eval_std = self.eval_scores["return_std"]
+        self.eval_scores = scores = Scores.of(self.config, episodes, self.config.eval.epsilon)
+        self.eval_mean, self.eval_std = scores.return_mean, scores.return_std
         elapsed = time.monotonic() - self.command_start
-        self.reporter.evaluation(self.eval_scores, self.counters.env_steps, elapsed)
+        self.reporter.evaluation(scores, self.counters.env_steps, elapsed)
         target = self.config.stop.target_return
         if target is not None and self.eval_mean >= target and self.time_to_target is None:
             self.time_to_target = elapsed
             self.record.stop(StopReason.TARGET_RETURN,
                              f"greedy evaluation reached {self.eval_mean:.1f} (target "
                              f"{target:g}) {elapsed:.1f} s after the start")
+
+    def _last_video(self, sup: Supervisor) -> None:
+        """A video being filmed when training ended: waited for up to VIDEO_GRACE_S, in 1 s
+        slices so that a SIGTERM or a further Ctrl-C moves on to the summary at once."""
+        deadline = time.monotonic() + VIDEO_GRACE_S
+        try:
+            while (sup.evals.filming and not self._terminating
+                   and time.monotonic() < deadline):
+                if (recording := sup.evals.collect_video(timeout=1.0)) is not None:
+                    self._record_video(recording)
+        except KeyboardInterrupt:
+            self.reporter.print("video abandoned (Ctrl-C)")
 
     def _record_video(self, recording: Recording) -> None:
         """The filmed episode: its mp4 under `videos/` (uploaded with the run), its start
@@ -280,13 +291,7 @@ class Fleet:
                 self._save_replay(self.counters.updates)
             except OSError as err:
                 self.reporter.print(f"error: final checkpoint not written: {err}")
-            if sup.evals.filming and not self._terminating:
-                try:
-                    recording = sup.evals.collect_video(timeout=VIDEO_GRACE_S)
-                except KeyboardInterrupt:  # a further Ctrl-C: no video, on to the summary
-                    recording = None
-                if recording is not None:
-                    self._record_video(recording)
+            self._last_video(sup)
             if record.stopped_by.budget:  # the summary reports the final weights' return
                 try:
                     episodes = sup.evals.final(network, lambda: self._terminating)
@@ -300,6 +305,7 @@ class Fleet:
         wall = time.monotonic() - self.command_start
         s = self.counters
         saved = (self.resume or {}).get("replay")
+        scores = self.eval_scores
         summary = record.write_summary({
             "env_id": self.config.env.id,
             "env_steps": s.env_steps,
@@ -309,11 +315,11 @@ class Fleet:
             "train_time_s": round(time.monotonic() - self._train_start, 3),
             "eval_return_mean": self.eval_mean,
             "eval_return_std": self.eval_std,
-            "eval_return_sem": self.eval_scores.get("return_sem"),
-            "eval_episodes": len(self.eval_scores.get("episodes", [])),
+            "eval_return_sem": scores and scores.return_sem,
+            "eval_episodes": len(scores.episodes) if scores else 0,
             "eval_protocol": protocol_name(self.config),
             "eval_epsilon": self.config.eval.epsilon,
-            "human_normalized_score_mean": self.eval_scores.get("human_normalized_score_mean"),
+            "human_normalized_score_mean": scores and scores.human_normalized_score_mean,
             "target_return": self.config.stop.target_return,
             "time_to_target_s": (None if self.time_to_target is None
                                  else round(self.time_to_target, 3)),

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from ray.exceptions import RuntimeEnvSetupError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from qfleet.config import Config, ConfigError
@@ -36,6 +37,16 @@ def connect_ray(address: str | None, cpus_needed: float, modules: Sequence[Path]
                           "{'py_modules': [...]}) ships it)", stacklevel=2)
         return
     runtime_env = shipping(modules)
+    try:
+        _init(address, cpus_needed, runtime_env)
+    except RuntimeEnvSetupError as err:  # the env modules could not be uploaded
+        raise ConfigError(f"env module {', '.join(m.name for m in modules)} could not be "
+                          f"shipped to the cluster: {str(err).strip().splitlines()[-1]}"
+                          ) from None
+
+
+def _init(address: str | None, cpus_needed: float, runtime_env: dict[str, Any] | None
+          ) -> None:
     # The console is the driver's: Ray's per-process log lines (each worker's ALE banner,
     # the raylet's notice of every killed worker) stay in Ray's session logs. What a worker
     # has to say reaches the driver as data (errors, learner notes) and is printed once.
@@ -62,6 +73,9 @@ def shipping(modules: Sequence[Path]) -> dict[str, Any] | None:
     job = json.loads(os.environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR, "{}"))
     shipped = job.get("runtime_env") or {}
     if "working_dir" in shipped or "py_modules" in shipped:
+        if "working_dir" not in shipped:  # Ray refuses a second py_modules list
+            warnings.warn(f"this job ships its own py_modules; {', '.join(m.name for m in modules)}"
+                          " must be among them to reach the workers", stacklevel=2)
         return None
     return {"py_modules": [str(m) for m in modules]}
 
