@@ -19,9 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from qfleet.atari_scores import SCORES
 from qfleet.bench.common import scalars
 from qfleet.config import ConfigError, load_config
-from qfleet.envs import is_atari
+from qfleet.envs import ale_game, is_atari
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -197,6 +198,9 @@ def _plot(result: dict[str, Any], path: str) -> None:
     ax.set_title(f"{result['env_id']}: learning per wall-clock second")
     if result["target"] is not None:
         ax.axhline(result["target"], color="gray", linestyle="--", linewidth=1)
+    if is_atari(result["env_id"]) and (game := ale_game(result["env_id"])) in SCORES:
+        ax.axhline(SCORES[game][0], color="gray", linestyle=":", linewidth=1,
+                   label="random play")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
