@@ -12,6 +12,7 @@ own env of one vector, so one forward pass serves them all.
 from __future__ import annotations
 
 import math
+import os
 import statistics
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -220,6 +221,9 @@ class Evaluator:
     def _rendered_episode(self, seed: int, epsilon: float
                           ) -> tuple[int, Iterator[np.ndarray | Episode | None]]:
         """A Gymnasium env made with `render_mode="rgb_array"`: its rendered frames."""
+        # Frames into an array need no display: without this, SDL (pygame) prints an
+        # error line about the missing one on every headless machine.
+        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
         env_cfg = self.env.model_copy(update={"kwargs": {**self.env.kwargs,
                                                          "render_mode": "rgb_array"}})
         try:
