@@ -208,12 +208,10 @@ class Policy:
     def act(self, obs_batch: Any, epsilon: float = 0.0) -> np.ndarray:
         """Greedy actions, each replaced by a uniformly random one with probability
         `epsilon`: shape (batch,)."""
-        actions = self.q_values(obs_batch).argmax(axis=1)
-        if epsilon > 0:
-            explore = self._rng.random(len(actions)) < epsilon
-            actions = np.where(explore, self._rng.integers(0, self.num_actions, len(actions)),
-                               actions)
-        return actions
+        from qfleet.actors.epsilon import explore
+
+        return explore(self.q_values(obs_batch).argmax(axis=1), epsilon, self.num_actions,
+                       self._rng)
 
 
 def load_policy(checkpoint_or_run_dir: str | os.PathLike[str]) -> Policy:

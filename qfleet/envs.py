@@ -116,17 +116,13 @@ def modules_beside(cfg: EnvConfig, folders: list[Path]) -> list[Path]:
     config's folder, the working directory), not installed ones: the driver imports them
     from there, and Ray ships them to every worker (`runtime_env.py_modules`), whatever
     node it runs on."""
-    found: list[Path] = []
-    for name in env_module_names(cfg):
-        for folder in folders:
-            for path in (folder / f"{name}.py", folder / name):
-                if path.is_file() or (path / "__init__.py").is_file():
-                    found.append(path.resolve())
-                    break
-            else:
-                continue
-            break
-    return list(dict.fromkeys(found))
+    def first(name: str) -> Path | None:  # the first folder's file or package wins
+        return next((path.resolve() for folder in folders
+                     for path in (folder / f"{name}.py", folder / name)
+                     if path.is_file() or (path / "__init__.py").is_file()), None)
+
+    found = (first(name) for name in env_module_names(cfg))
+    return list(dict.fromkeys(path for path in found if path is not None))
 
 
 def check_env_id(env_id: str) -> None:

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from qfleet.actors.epsilon import explore
 from qfleet.atari_scores import human_normalized
 from qfleet.config import Config, ConfigError, EnvConfig
 from qfleet.envs import (
@@ -119,12 +120,8 @@ class Evaluator:
 
     def _act(self, obs: np.ndarray, epsilon: float) -> np.ndarray:
         with torch.inference_mode():
-            actions = self.net(torch.from_numpy(obs)).argmax(dim=1).numpy()
-        if epsilon > 0:
-            explore = self._rng.random(len(actions)) < epsilon
-            actions = np.where(explore, self._rng.integers(0, self.spec.num_actions,
-                                                           len(actions)), actions)
-        return actions
+            greedy = self.net(torch.from_numpy(obs)).argmax(dim=1).numpy()
+        return explore(greedy, epsilon, self.spec.num_actions, self._rng)
 
     def _next_seed(self, episodes: int) -> int:
         seed, self._seed = self._seed, self._seed + episodes

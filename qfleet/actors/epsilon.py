@@ -23,6 +23,16 @@ def apex_epsilon(i: int | np.ndarray, n: int, eps: float = 0.4, alpha: float = 7
     return eps ** (1.0 + alpha * i / (n - 1))
 
 
+def explore(greedy: np.ndarray, epsilon: float, num_actions: int,
+            rng: np.random.Generator) -> np.ndarray:
+    """`greedy` actions, each replaced by a uniformly random one with probability
+    `epsilon` (evaluation and `Policy.act`: one ε for the whole batch)."""
+    if epsilon <= 0:
+        return greedy
+    random = rng.random(len(greedy)) < epsilon
+    return np.where(random, rng.integers(0, num_actions, len(greedy)), greedy)
+
+
 def linear_epsilon(step: int, start: float, end: float, decay_steps: int) -> float:
     """From `start` at step 0 to `end` at `decay_steps`, then flat."""
     frac = min(max(step, 0) / decay_steps, 1.0)

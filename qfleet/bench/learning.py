@@ -54,7 +54,6 @@ def run(seconds: float, env_id: str, config: str | None = None,
                               "'qfleet[bench]'" if against == "sb3" else
                               f"--against: expected sb3, got {against!r}")
         runs["sb3"] = []
-    if against:
         from qfleet.bench.sb3_dqn import zoo_hyperparameters
 
         try:
