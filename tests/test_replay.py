@@ -73,7 +73,7 @@ def test_replay_state_round_trip_keeps_contents_and_priorities():
     other = make_replay("prioritized", 8, (2,), np.dtype(np.uint8), torch.device("cpu"))
     other.load_state_dict(rb.state_dict())
     assert len(other) == 5
-    assert torch.equal(other.sampler.tree.tree, rb.sampler.tree.tree)
+    assert torch.equal(torch.cat(other.sampler.tree.levels), torch.cat(rb.sampler.tree.levels))
     assert torch.equal(other.storage.gather(torch.arange(5)).action, torch.arange(5))
     smaller = make_replay("uniform", 4, (2,), np.dtype(np.uint8), torch.device("cpu"))
     with pytest.raises(ValueError, match="capacity"):
@@ -86,8 +86,8 @@ def test_nbytes_counts_every_column_and_the_sum_tree():
     # obs and next_obs 5×2 bytes each, action 5×8, reward and discount 5×4 each
     assert uniform.nbytes() == 10 + 40 + 20 + 20 + 10
     prioritized = make_replay("prioritized", 5, (2,), np.dtype(np.uint8), cpu)
-    # plus a float64 sum tree over 8 leaves (16 nodes) and the running max priority
-    assert prioritized.nbytes() == uniform.nbytes() + 16 * 8 + 8
+    # plus a float64 sum tree (64 leaves, one group, and its root) and the running max
+    assert prioritized.nbytes() == uniform.nbytes() + 65 * 8 + 8
 
 
 def test_frame_replay_state_round_trip_restores_stacks_priorities_and_the_ring():
@@ -113,7 +113,7 @@ def test_frame_replay_state_round_trip_restores_stacks_priorities_and_the_ring()
     for mine, theirs in zip(rb.storage.gather(keys), other.storage.gather(keys), strict=True):
         assert torch.equal(mine, theirs)
     assert other.storage.gather(keys).obs[1, :, 0, 0].tolist() == [2, 3]
-    assert torch.equal(other.sampler.tree.tree, rb.sampler.tree.tree)
+    assert torch.equal(torch.cat(other.sampler.tree.levels), torch.cat(rb.sampler.tree.levels))
     assert other.storage.ring.writes == 4 and other.nbytes() == rb.nbytes()
     with pytest.raises(ValueError, match="shape"):
         replay(capacity=16).load_state_dict({**rb.state_dict(), "capacity": 16})

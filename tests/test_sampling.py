@@ -19,6 +19,37 @@ def test_sum_tree_sums_and_finds_prefix_mass():
     assert tree.total.item() == pytest.approx(7.0)
 
 
+def test_a_three_level_tree_finds_what_a_cumulative_sum_finds():
+    rng = np.random.default_rng(0)
+    n = 64 * 64 + 100  # leaves, two inner levels and the root
+    p = rng.random(n) * (rng.random(n) > 0.3)  # some leaves empty
+    tree = SumTree(n)
+    assert len(tree.levels) == 4
+    tree.set(torch.arange(n), torch.from_numpy(p))
+    tree.set(torch.tensor([7, 7, 4100]), torch.tensor([2.5, 2.5, 0.0]))
+    p[[7, 4100]] = [2.5, 0.0]
+    assert tree.total.item() == pytest.approx(p.sum())
+    mass = rng.random(5000) * p.sum()
+    expected = np.searchsorted(np.cumsum(p), mass, side="right")
+    assert np.array_equal(tree.find(torch.from_numpy(mass)).numpy(), expected)
+    # At or past the total (rounding), the walk ends on the last leaf with mass.
+    last = int(np.flatnonzero(p)[-1])
+    assert tree.find(torch.tensor([p.sum(), p.sum() * 1.01])).tolist() == [last, last]
+
+
+def test_a_binary_tree_checkpoint_loads_into_the_wide_tree():
+    size = 8  # the binary layout for 5 leaves: nodes 1..7 inner, 8..15 leaves
+    binary = torch.zeros(2 * size, dtype=torch.float64)
+    binary[size: size + 5] = torch.tensor([1.0, 2.0, 0.0, 3.0, 4.0])
+    tree = SumTree(5)
+    tree.load_state_dict({"tree": binary})
+    assert tree.total.item() == 10.0
+    assert tree.find(torch.tensor([2.5])).tolist() == [1]
+    again = SumTree(5)
+    again.load_state_dict(tree.state_dict())
+    assert torch.equal(torch.cat(again.levels), torch.cat(tree.levels))
+
+
 def test_prioritized_sampling_follows_p_to_the_alpha():
     s = PrioritizedSampler(4, alpha=0.5, beta0=1.0)
     slots = torch.arange(4)
