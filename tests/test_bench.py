@@ -46,8 +46,9 @@ def test_learning_curves_of_qfleet_and_sb3_on_one_budget(tmp_path):
     picture = tmp_path / "curve.png"
     result = qfleet("bench", "learning", "--env", "CartPole-v1", "--seconds", "30",
                     "--points", "3", "--episodes", "2", "--against", "sb3", "--plot", picture,
-                    "actors.num_actors=1", "--json", timeout=400)
+                    "--first-seed", "3", "actors.num_actors=1", "--json", timeout=400)
     report = last_json(result)
+    assert report["first_seed"] == 3 and "qfleet seed 3:" in result.stdout
     for name in ("qfleet", "sb3"):
         (run,) = report["runs"][name]
         assert run["curve"] and run["env_steps"] > 0, report

@@ -133,6 +133,9 @@ def learning(
     against: Annotated[str | None, typer.Option(
         help="sb3: also run Stable-Baselines3's zoo DQN on the same budget.")] = None,
     seeds: Annotated[int, typer.Option(min=1, help="Seeds, each run alternating.")] = 1,
+    first_seed: Annotated[int, typer.Option(
+        min=0, help="The first seed (seeds first-seed, first-seed + 1, ...): a long "
+                    "benchmark can go on in another session.")] = 0,
     target: Annotated[float | None, typer.Option(
         help="Stop each run at this greedy return and report the time to it.")] = None,
     points: Annotated[int, typer.Option(min=1, help="Evaluations along the budget.")] = 8,
@@ -147,7 +150,7 @@ def learning(
 
     try:
         _report("learning", seconds, env_id=env_id, config=config, against=against,
-                seeds=seeds, target=target, points=points, episodes=episodes,
+                seeds=seeds, first_seed=first_seed, target=target, points=points, episodes=episodes,
                 overrides=overrides or [], plot=plot, as_json=as_json)
     except ConfigError as err:
         print(f"qfleet: error: {err}", file=sys.stderr)

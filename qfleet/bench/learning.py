@@ -37,7 +37,8 @@ def default_config(env_id: str) -> Path:
 
 
 def run(seconds: float, env_id: str, config: str | None = None,
-        against: str | None = None, seeds: int = 1, target: float | None = None,
+        against: str | None = None, seeds: int = 1, first_seed: int = 0,
+        target: float | None = None,
         points: int = 8, episodes: int = 16, overrides: list[str] | None = None,
         plot: str | None = None) -> dict[str, Any]:
     path = Path(config) if config else default_config(env_id)
@@ -62,7 +63,7 @@ def run(seconds: float, env_id: str, config: str | None = None,
             raise ConfigError(f"--against sb3: {err}") from None
     if plot:
         _check_plot(plot)
-    for seed in range(seeds):
+    for seed in range(first_seed, first_seed + seeds):
         # Alternate who goes first, so that any drift of the machine favours neither.
         for name in ("qfleet", "sb3") if seed % 2 == 0 else ("sb3", "qfleet"):
             if name == "qfleet":
@@ -71,6 +72,7 @@ def run(seconds: float, env_id: str, config: str | None = None,
             elif against:
                 runs[name].append(_sb3(cfg, seed, seconds, target, every, episodes))
     result = {"env_id": env_id, "seconds": seconds, "target": target, "seeds": seeds,
+              "first_seed": first_seed,
               "episodes": episodes, "protocol": cfg.eval.protocol if is_atari(env_id) else None,
               "epsilon": cfg.eval.epsilon, "config": str(path), "overrides": overrides,
               "runs": runs, "summary": {name: _summarize(r, target) for name, r in runs.items()}}
@@ -211,7 +213,7 @@ def describe(result: dict[str, Any]) -> list[str]:
              f"greedy evaluations of {result['episodes']} episodes"]
     for name, runs in result["runs"].items():
         s = result["summary"][name]
-        for seed, r in enumerate(runs):
+        for seed, r in enumerate(runs, result.get("first_seed", 0)):
             points = ", ".join(f"{p['seconds']:.0f}s:{p['return_mean']:.0f}"
                                for p in r["curve"])
             lines.append(f"  {name} seed {seed}: {r['env_steps']:,} env steps, "

@@ -376,4 +376,5 @@ def replay_bytes_per_item(obs_shape: tuple[int, ...], obs_dtype: np.dtype, frame
         base = FrameStorage.bytes_per_item(int(frame * 1.02), obs_shape[0])
     else:
         base = DenseStorage.bytes_per_item(obs_shape, obs_dtype)
-    return base + (16 if prioritized else 0)  # two float64 sum-tree nodes per leaf
+    # A float64 leaf, and the inner levels 1/63 of that (64 children a node), rounded up.
+    return base + (9 if prioritized else 0)
