@@ -150,8 +150,8 @@ def learning(
 
     try:
         _report("learning", seconds, env_id=env_id, config=config, against=against,
-                seeds=seeds, first_seed=first_seed, target=target, points=points, episodes=episodes,
-                overrides=overrides or [], plot=plot, as_json=as_json)
+                seeds=seeds, first_seed=first_seed, target=target, points=points,
+                episodes=episodes, overrides=overrides or [], plot=plot, as_json=as_json)
     except ConfigError as err:
         print(f"qfleet: error: {err}", file=sys.stderr)
         raise typer.Exit(2) from None

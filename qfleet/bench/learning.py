@@ -213,7 +213,7 @@ def describe(result: dict[str, Any]) -> list[str]:
              f"greedy evaluations of {result['episodes']} episodes"]
     for name, runs in result["runs"].items():
         s = result["summary"][name]
-        for seed, r in enumerate(runs, result.get("first_seed", 0)):
+        for seed, r in enumerate(runs, result["first_seed"]):
             points = ", ".join(f"{p['seconds']:.0f}s:{p['return_mean']:.0f}"
                                for p in r["curve"])
             lines.append(f"  {name} seed {seed}: {r['env_steps']:,} env steps, "

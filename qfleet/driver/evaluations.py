@@ -68,14 +68,12 @@ class Evaluations:
         ref, self._video_ref = self._video_ref, None
         try:
             return ray.get(ref)
-        except ray.exceptions.RayTaskError as err:
-            if isinstance(err, ConfigError):  # the env renders no frames: stop filming
-                self.videos_off = True
-                self.reporter.print(f"videos off: {describe_failure(err)}")
-            else:
-                self.reporter.print(f"video skipped: {describe_failure(err)}")
         except ray.exceptions.RayError as err:
-            self.reporter.print(f"video skipped: {describe_failure(err)}")
+            # A task's ConfigError (the env renders no frames) stops filming for good.
+            unfilmable = isinstance(err, ConfigError)
+            self.videos_off |= unfilmable
+            self.reporter.print(f"{'videos off' if unfilmable else 'video skipped'}: "
+                                f"{describe_failure(err)}")
         return None
 
     def collect(self, timeout: float | None = 0.0) -> list[Episode] | None:

@@ -57,7 +57,7 @@ class SumTree:
         self.levels[-1][node] = values.to(torch.float64)
         # Each touched parent is summed afresh from its children: no drift, and duplicate
         # parents write the same sum, so no unique() (a device-to-host sync on a GPU).
-        for parents, level in zip(self.levels[-2::-1], self.levels[:0:-1], strict=True):
+        for parents, level in self._upward():
             node = node // self.FANOUT
             parents[node] = level.view(-1, self.FANOUT)[node].sum(1)
 
@@ -76,8 +76,12 @@ class SumTree:
             node = node * self.FANOUT + pick
         return node
 
+    def _upward(self) -> zip[tuple[torch.Tensor, torch.Tensor]]:
+        """(parents, children) level pairs from the leaves up to the root."""
+        return zip(self.levels[-2::-1], self.levels[:0:-1], strict=True)
+
     def _rebuild(self) -> None:
-        for parents, level in zip(self.levels[-2::-1], self.levels[:0:-1], strict=True):
+        for parents, level in self._upward():
             sums = level.view(-1, self.FANOUT).sum(1)
             parents.zero_()
             parents[: len(sums)] = sums
