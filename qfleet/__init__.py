@@ -4,7 +4,7 @@
     summary = qfleet.train("configs/cartpole.yaml", ["stop.env_steps=20000"])
     policy = qfleet.load_policy(summary["checkpoint"])
 
-`train`, `evaluate`, `load_policy` and `Policy` live in `qfleet.api`; they are imported on
+`train`, `tune`, `evaluate`, `load_policy` and `Policy` live in `qfleet.api`; they are imported on
 first use, so that importing a qfleet module (as every Ray worker does) stays light.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["Policy", "evaluate", "load_policy", "train"]
+__all__ = ["Policy", "evaluate", "load_policy", "train", "tune"]
 
 
 def __getattr__(name: str) -> Any:

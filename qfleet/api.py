@@ -9,6 +9,7 @@ before anything starts, with the one line the command would print.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import sys
@@ -178,6 +179,72 @@ def train(config: ConfigLike | None, overrides: Sequence[str] | None = None, *,
     finally:
         if ours and ray.is_initialized():
             ray.shutdown()
+
+
+# -- sweeps ---------------------------------------------------------------------------------------
+def tune(config: ConfigLike | None, sweep: str | os.PathLike[str],
+         overrides: Sequence[str] | None = None, *, trials: int = 4, scheduler: str = "fifo",
+         max_concurrent: int | None = None, perturb_every: int = 4,
+         run_dir: str | os.PathLike[str] | None = None, address: str | None = None,
+         resume: bool = False) -> dict[str, Any]:
+    """Search the `sweep` file's spaces around `config` with Ray Tune: `trials` trials, each
+    a whole fleet in a placement group of its own, under `scheduler` (`fifo`, `asha`: stop
+    weak trials early, `pbt`: Population Based Training over qfleet's checkpoints).
+
+    Writes the sweep directory (`run_dir`, a path or storage URI): a run directory per
+    trial, `trials.csv`, `best.yaml`. `resume`: continue the interrupted sweep in `run_dir`.
+    Returns `sweep_dir`, `trials` (best first), `searched`, `best` (its trial, return,
+    params and `best.yaml`), `interrupted`, `errors`.
+    """
+    from qfleet.sweep.space import load_sweep
+    from qfleet.sweep.tuner import SweepPlan, check_plan
+
+    cfg, _, _, _, modules = prepare_run(config, overrides or (), address=address)
+    if resume and run_dir is None:
+        raise ConfigError("--resume: give the sweep's --run-dir")
+    plan = SweepPlan(cfg, load_sweep(sweep, cfg, scheduler), scheduler, trials,
+                     max_concurrent, perturb_every)
+    check_plan(plan)
+    storage = RunStorage(run_dir if run_dir is not None else default_sweep_dir(cfg))
+    _check_sweep_dir(storage, plan, resume)
+    local_token_auth(address)
+    import ray
+
+    from qfleet.driver.placement import connect_ray
+    from qfleet.sweep.tuner import run_sweep
+
+    ours = not ray.is_initialized()
+    try:
+        connect_ray(address, plan.trial_cpus() * plan.concurrency(), modules)
+        return run_sweep(plan, storage, resume)
+    finally:
+        if ours and ray.is_initialized():
+            ray.shutdown()
+
+
+def default_sweep_dir(config: Config) -> Path:
+    run = default_run_dir(config)
+    return run.with_name(f"sweep-{run.name}")
+
+
+def _check_sweep_dir(storage: RunStorage, plan: Any, resume: bool) -> None:
+    """A new sweep never mixes with an old one's trials; a resumed one is the same sweep."""
+    if resume:
+        storage.fetch()
+    found = storage.local / "sweep.json"
+    if not resume:
+        if found.is_file():
+            raise ConfigError(f"--run-dir {storage}: holds a sweep already (continue it "
+                              "with --resume, or choose another directory)")
+        return
+    if not found.is_file():
+        raise ConfigError(f"--resume: {storage} holds no sweep (no sweep.json)")
+    asked, saved = plan.to_dict(), json.loads(found.read_text())
+    for key in ("config", "sweep", "scheduler", "trials"):
+        if saved.get(key) != asked[key]:
+            raise ConfigError(f"--resume: {storage} is a sweep with another {key}; resume "
+                              "it with the config, sweep file, --scheduler and --trials it "
+                              "started with")
 
 
 # -- evaluate and act ----------------------------------------------------------------------------

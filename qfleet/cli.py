@@ -77,6 +77,70 @@ def train(
 
 
 @app.command()
+def tune(
+    args: Annotated[list[str], typer.Argument(
+        help="CONFIG.yaml SWEEP.yaml, then overrides such as stop.time_s=120")],
+    trials: Annotated[int, typer.Option(min=1, help="Trials to sample.")] = 4,
+    scheduler: Annotated[str, typer.Option(
+        help="fifo (run every trial to its end), asha (stop weak trials early) or pbt "
+             "(Population Based Training over qfleet's checkpoints).")] = "fifo",
+    max_concurrent: Annotated[int | None, typer.Option(
+        min=1, help="Trials running at once (default: as many as the cluster holds; pbt: "
+                    "the whole population).")] = None,
+    perturb_every: Annotated[int, typer.Option(
+        min=1, help="pbt: evaluations between a trial's exploit/explore steps.")] = 4,
+    run_dir: Annotated[str | None, typer.Option(
+        help="The sweep directory: a directory or a storage URI (default: runs/sweep-...).")
+    ] = None,
+    address: Annotated[str | None, typer.Option(
+        help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")] = None,
+    resume: Annotated[bool, typer.Option(
+        help="Continue the interrupted sweep in --run-dir.")] = False,
+) -> None:
+    """Search hyperparameters with Ray Tune: each trial a whole fleet in its own placement
+    group; a ranked table, trials.csv and best.yaml at the end."""
+    from rich.console import Console
+
+    from qfleet import api
+    from qfleet.learner.learner import LearnerError
+    from qfleet.sweep.results import table
+
+    try:
+        paths = [a for a in args if "=" not in a]
+        if len(paths) != 2:
+            raise ConfigError(f"expected CONFIG and SWEEP files, got {len(paths)}: "
+                              f"{' '.join(paths) or 'none'}")
+        config, sweep = paths
+        out = api.tune(config, sweep, [a for a in args if "=" in a], trials=trials,
+                       scheduler=scheduler, max_concurrent=max_concurrent,
+                       perturb_every=perturb_every, run_dir=run_dir, address=address,
+                       resume=resume)
+    except (ConfigError, CheckpointError, LearnerError) as err:
+        raise _fail(str(err)) from None
+    except OSError as err:
+        raise _fail(f"cannot write the sweep directory: {err}", EXIT_FAILED) from None
+    except KeyboardInterrupt:
+        raise _fail("interrupted", EXIT_INTERRUPTED) from None
+    sweep_dir, best = out["sweep_dir"], out["best"]
+    # Not a terminal (a log file, CI): wide enough for the swept keys' columns.
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    console.print(table(out["trials"], out["searched"],
+                        f"sweep {sweep_dir}: trials by greedy return"))
+    print(json.dumps({k: out[k] for k in ("sweep_dir", "best", "errors", "interrupted")}))
+    if out["interrupted"]:
+        print(f"qfleet: stopped: sweep interrupted; continue it with --run-dir {sweep_dir} "
+              "--resume", file=sys.stderr)
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if best is None:
+        print("qfleet: error: no trial reached a greedy evaluation"
+              + (f" ({out['errors']} failed; their errors are in the table)"
+                 if out["errors"] else ""), file=sys.stderr)
+        raise typer.Exit(EXIT_FAILED)
+    print(f"qfleet: done: best trial {best['trial']} (greedy return "
+          f"{best['eval_return_mean']:.1f}); its config: {best['config']}")
+
+
+@app.command()
 def evaluate(
     path: Annotated[str, typer.Argument(
         help="A checkpoint file, a run directory, or a run's storage URI.")],

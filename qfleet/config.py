@@ -288,18 +288,27 @@ def apply_override(data: dict[str, Any], override: str) -> None:
     if "=" not in override:
         raise ConfigError(f"override {override!r}: expected section.key=value")
     path, raw = override.split("=", 1)
-    keys = path.strip().split(".")
-    if len(keys) < 2 or not all(keys):
-        raise ConfigError(f"override {override!r}: expected section.key=value")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
+    try:
+        set_key(data, path.strip(), value)
+    except ConfigError as err:
+        raise ConfigError(f"override {override!r}: {err}") from None
+
+
+def set_key(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set `section.key` (or deeper, inside a mapping such as `env.kwargs`) in raw config
+    data."""
+    keys = dotted.split(".")
+    if len(keys) < 2 or not all(keys):
+        raise ConfigError("expected section.key=value")
     node = data
     for key in keys[:-1]:
         child = node.setdefault(key, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"override {override!r}: {key} is not a section")
+            raise ConfigError(f"{key} is not a section")
         node = child
     node[keys[-1]] = value
 

@@ -79,6 +79,20 @@ def test_learner_state_round_trip():
         assert torch.equal(v, other.online.state_dict()[k])
 
 
+def test_a_loaded_optimizer_takes_this_configs_learning_rate():
+    """A resume with learner.lr=..., or a PBT trial given a perturbed lr, learns at that lr
+    (the optimizer's saved state carries the old one)."""
+    config, spec = make(["replay.min_size=32", "learner.lr=1e-3"])
+    actor, learner = Actor(config, spec, 0, 1), Learner(config, spec)
+    learner.add(actor.collect(10))
+    learner.step()
+    changed, _ = make(["replay.min_size=32", "learner.lr=5e-4", "learner.adam_eps=1e-5"])
+    other = Learner(changed, spec)
+    other.load_state_dict(learner.state_dict())
+    assert [(g["lr"], g["eps"]) for g in other.optimizer.param_groups] == [(5e-4, 1e-5)]
+    assert other.optimizer.state  # the moments came along
+
+
 def test_actors_are_throttled_to_the_replay_ratio():
     config, spec = make(["actors.envs_per_actor=2", "replay.min_size=20",
                          "learner.batch_size=10", "learner.replay_ratio=2"])

@@ -13,10 +13,11 @@ from collections.abc import Callable
 from typing import Any
 
 import ray
+from ray.util.placement_group import PlacementGroup
 
 from qfleet.config import Config, ConfigError
 from qfleet.driver.failures import describe_failure
-from qfleet.driver.placement import evaluator_options
+from qfleet.driver.placement import LEARNER_BUNDLE, evaluator_options, in_bundle
 from qfleet.envs import EnvSpec
 from qfleet.evaluation import Recording
 from qfleet.remote import RemoteEvaluator
@@ -30,8 +31,12 @@ VIDEO_GRACE_S = 60.0
 
 
 class Evaluations:
-    def __init__(self, config: Config, spec: EnvSpec, reporter: Reporter) -> None:
+    def __init__(self, config: Config, spec: EnvSpec, reporter: Reporter, *,
+                 group: PlacementGroup | None = None) -> None:
+        """`group`: a sweep trial's placement group (the evaluator joins the learner's
+        bundle)."""
         self.config, self.spec, self.reporter = config, spec, reporter
+        self.group = group
         self._cfg = config.to_dict()
         self._node: str | None = None
         self.evaluator: Any = None
@@ -42,7 +47,8 @@ class Evaluations:
     def start(self, near_node: str | None) -> None:
         self._node = near_node
         self.evaluator = RemoteEvaluator.options(
-            **evaluator_options(near_node)).remote(self._cfg, self.spec)
+            **in_bundle(evaluator_options(near_node), self.group, LEARNER_BUNDLE)
+        ).remote(self._cfg, self.spec)
 
     @property
     def running(self) -> bool:

@@ -14,9 +14,11 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import ray
+from ray.util.placement_group import PlacementGroup
 
 from qfleet.config import Config
 from qfleet.driver.evaluations import VIDEO_GRACE_S
@@ -49,11 +51,24 @@ class Every:
         return True
 
 
+class _Timers:
+    """The loop's clocks: console and TensorBoard, scaling checks, evaluations, videos."""
+
+    def __init__(self, config: Config, now: float) -> None:
+        self.report, self.scale = Every(1.0, now), Every(2.0, now)
+        self.evaluate = Every(config.eval.every_s, now)
+        every = config.eval.video_every_s
+        self.film = Every(every, now) if every else None
+
+
 class Fleet:
     def __init__(self, config: Config, spec: EnvSpec, storage: RunStorage, *,
                  command_start: float, resume: dict[str, Any] | None = None,
-                 reporter: Reporter | None = None) -> None:
-        """`resume`: a loaded checkpoint (and its replay) to continue from."""
+                 reporter: Reporter | None = None,
+                 group: PlacementGroup | None = None) -> None:
+        """`resume`: a loaded checkpoint (and its replay) to continue from. `group`: a
+        sweep trial's placement group, which holds the whole fleet (no autoscaler requests,
+        no `auto` size)."""
         self.config, self.spec = config, spec
         self.command_start = command_start
         self.resume = resume
@@ -61,8 +76,12 @@ class Fleet:
         self.reporter = reporter or Reporter(config, storage.local,
                                              start_step=self.counters.env_steps)
         self.record = RunRecord(config, spec, storage, self.reporter, resume)
+        self.group = group
+        self.elastic = False
         self.sup: Supervisor | None = None
         self.scaling: Scaling | None = None
+        self._timers: _Timers | None = None
+        self.evaluations = 0  # greedy evaluations recorded so far
         self.nodes: set[str] = set()
         self.eval_mean: float | None = None
         self.eval_std: float | None = None
@@ -77,86 +96,119 @@ class Fleet:
     # -- the run ---------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         """Train until a reason to stop; write the final checkpoint and the summary."""
-        self.record.write_config(self.config)
-        elastic = self.config.actors.num_actors == "auto"
-        autoscaler = autoscaler_present()
-        self.config = c = resolve_fleet(self.config, autoscaler)
-        self.record.config = c
-        self.reporter.hyperparameters(c, self.counters.env_steps)
-        check_placeable(c, autoscaler)
-        self.sup = Supervisor(c, self.spec, self.reporter, self._restart_state)
-        self.scaling = scaling = Scaling(c, self.reporter, autoscaler=autoscaler,
-                                         elastic=elastic)
+        self.prepare()
         # From here on a SIGTERM only asks the run to end: the start, the loop and the
         # final checkpoint and summary all complete first.
         with _stop_signals(self._terminate):
-            try:
-                scaling.start()
-                self.sup.start(self._start_state())
-                self.reporter.print(
-                    f"qfleet: {c.env.id} | learner on {self.sup.learner_device} | "
-                    f"{c.actors.num_actors} actors x {c.actors.envs_per_actor} envs | "
-                    f"run dir {self.record.run_dir}")
-                self._loop(elastic)
-            except LearnerError:  # the learner refused its config: bad input, nothing ran
-                raise
-            except KeyboardInterrupt:
-                self.record.stop(StopReason.INTERRUPTED, "interrupted (Ctrl-C)")
-            except FleetFailure as failure:
-                self.record.stop(failure.reason, str(failure))
-            except ray.exceptions.RayError as err:  # Ray itself failed under the driver
-                self.record.stop(StopReason.RAY_FAILURE,
-                                 f"Ray failed: {describe_failure(err)}")
-            except Exception as err:  # a bug of ours: still a checkpoint and a summary
-                log = self.record.run_dir / "error.log"
-                log.write_text(traceback.format_exc())
-                self.record.stop(StopReason.ERROR, f"internal error {type(err).__name__}: "
-                                 f"{err} (traceback in {log})")
-            finally:  # first thing at the end: the autoscaler may let the nodes go
-                scaling.release()
-            try:
-                return self._finish()
-            finally:  # whatever happened there: the storage URI gets all there is
-                self.record.sync(force=True, wait=True)
+            self.start()
+            self.advance()
+            return self.end()
+
+    def prepare(self) -> None:
+        """Fix the fleet's size and refuse what the cluster can never host (`LearnerError`,
+        bad input: nothing has started). A sweep trial's fleet is its placement group."""
+        self.record.write_config(self.config)
+        autoscaler = False
+        if self.group is None:
+            self.elastic = self.config.actors.num_actors == "auto"
+            autoscaler = autoscaler_present()
+            self.config = resolve_fleet(self.config, autoscaler)
+            self.record.config = self.config
+        c = self.config
+        self.reporter.hyperparameters(c, self.counters.env_steps)
+        if self.group is None:
+            check_placeable(c, autoscaler)
+            self.scaling = Scaling(c, self.reporter, autoscaler=autoscaler,
+                                   elastic=self.elastic)
+        self.sup = Supervisor(c, self.spec, self.reporter, self._restart_state,
+                              group=self.group)
+
+    def start(self) -> None:
+        """Ask for the nodes the fleet lacks, start learner, actors and evaluator."""
+        assert self.sup is not None
+        with self._failures_end_the_run():
+            if self.scaling is not None:
+                self.scaling.start()
+            self.sup.start(self._start_state())
+            c = self.config
+            self.reporter.print(
+                f"qfleet: {c.env.id} | learner on {self.sup.learner_device} | "
+                f"{c.actors.num_actors} actors x {c.actors.envs_per_actor} envs | "
+                f"run dir {self.record.run_dir}")
+            self._train_start = now = time.monotonic()
+            self._last_report = (now, self.counters)
+            self._timers = _Timers(c, now)
+
+    def advance(self, until: Callable[[], bool] | None = None) -> None:
+        """The loop, until a reason to stop (or `until()` holds: a sweep trial returns to
+        Ray Tune after each evaluation)."""
+        with self._failures_end_the_run():
+            self._loop(until)
+
+    def end(self) -> dict[str, Any]:
+        """The final checkpoint, evaluation and summary (returned)."""
+        if self.scaling is not None:  # first thing at the end: the autoscaler may let go
+            self.scaling.release()
+        try:
+            return self._finish()
+        finally:  # whatever happened there: the storage URI gets all there is
+            self.record.sync(force=True, wait=True)
+
+    @contextlib.contextmanager
+    def _failures_end_the_run(self) -> Iterator[None]:
+        """Whatever fails in the start or the loop ends the run with its reason; `end()`
+        still writes the final checkpoint and the summary."""
+        try:
+            yield
+        except LearnerError:  # the learner refused its config: bad input, nothing ran
+            if self.scaling is not None:
+                self.scaling.release()
+            raise
+        except KeyboardInterrupt:
+            self.record.stop(StopReason.INTERRUPTED, "interrupted (Ctrl-C)")
+        except FleetFailure as failure:
+            self.record.stop(failure.reason, str(failure))
+        except ray.exceptions.RayError as err:  # Ray itself failed under the driver
+            self.record.stop(StopReason.RAY_FAILURE, f"Ray failed: {describe_failure(err)}")
+        except Exception as err:  # a bug of ours: still a checkpoint and a summary
+            log = self.record.run_dir / "error.log"
+            log.write_text(traceback.format_exc())
+            self.record.stop(StopReason.ERROR, f"internal error {type(err).__name__}: "
+                             f"{err} (traceback in {log})")
 
     def _terminate(self) -> None:
         self._terminating = True
         self.record.stop(StopReason.TERMINATED, "terminated (SIGTERM)")
 
-    def _loop(self, elastic: bool) -> None:
-        assert self.sup is not None and self.scaling is not None
-        sup, scaling, c = self.sup, self.scaling, self.config
-        self._train_start = start = time.monotonic()
-        self._last_report = (start, self.counters)
-        report, scale, evaluate = Every(1.0, start), Every(2.0, start), Every(c.eval.every_s,
-                                                                                 start)
-        film = Every(c.eval.video_every_s, start) if c.eval.video_every_s else None
-        while not self.record.stopped:
+    def _loop(self, until: Callable[[], bool] | None) -> None:
+        assert self.sup is not None and self._timers is not None
+        sup, scaling, t = self.sup, self.scaling, self._timers
+        while not self.record.stopped and not (until is not None and until()):
             stats = sup.poll_stats(TICK_S)
             now = time.monotonic()
             if stats is not None:
                 self._absorb(stats)
-                if report.due(now):
+                if t.report.due(now):
                     self._report(stats, now)
                 if stats.counters.updates >= self._next_checkpoint:
                     self._checkpoint()
                 if (not sup.evals.running and stats.counters.updates > 0
-                        and evaluate.due(now)):
+                        and t.evaluate.due(now)):
                     sup.evals.launch(stats.weights)
-                if (film is not None and not sup.evals.filming and not sup.evals.videos_off
-                        and stats.counters.updates > 0 and film.due(now)):
+                if (t.film is not None and not sup.evals.filming and not sup.evals.videos_off
+                        and stats.counters.updates > 0 and t.film.due(now)):
                     sup.evals.launch_video(stats.weights)
             sup.check_actors()
-            if scale.due(now):  # nodes that arrived (or did not)
+            if scaling is not None and t.scale.due(now):  # nodes that arrived (or did not)
                 scaling.check(sup.streaming_actors, sup.learner_up)
-                if elastic:
+                if self.elastic:
                     sup.grow()
             if (episodes := sup.evals.collect()) is not None:
                 self._record_eval(episodes)
             if (recording := sup.evals.collect_video()) is not None:
                 self._record_video(recording)
             self.record.sync()
-            self._check_budget(now - start)
+            self._check_budget(now - self._train_start)
 
     # -- each tick -------------------------------------------------------------------------
     def _absorb(self, stats: FleetStats) -> None:
@@ -198,18 +250,23 @@ class Fleet:
         self.reporter.status(now - self.command_start, c, rates, self.eval_mean)
         self._last_report = (now, c)
 
-    def _checkpoint(self) -> None:
+    def checkpoint(self) -> Path | None:
+        """A checkpoint of the learner's state now (None while it restarts)."""
+        return self._checkpoint()
+
+    def _checkpoint(self) -> Path | None:
         assert self.sup is not None
         with_replay = self.config.replay.save_with_checkpoints and self._replay_fits()
         state = self.sup.learner_call("state", include_replay=with_replay)
         if state is None:
-            return  # the learner was lost; its restart sets the next checkpoint
-        try:
-            self.record.checkpoint(state)
-        except OSError as err:  # a full disk, say: keep training, keep the older ones
-            self.reporter.print(f"warning: checkpoint not written: {err}")
+            return None  # the learner was lost; its restart sets the next checkpoint
         updates = int(state["counters"]["updates"])
         self._next_checkpoint = updates + self.config.log.checkpoint_every_updates
+        try:
+            return self.record.checkpoint(state)
+        except OSError as err:  # a full disk, say: keep training, keep the older ones
+            self.reporter.print(f"warning: checkpoint not written: {err}")
+            return None
 
     def _replay_fits(self) -> bool:
         assert self.sup is not None
@@ -219,6 +276,7 @@ class Fleet:
         return nbytes is not None and self.record.replay_fits(nbytes)
 
     def _record_eval(self, episodes: list[Episode]) -> None:
+        self.evaluations += 1
         self.eval_scores = scores = Scores.of(self.config, episodes, self.config.eval.epsilon)
         self.eval_mean, self.eval_std = scores.return_mean, scores.return_std
         elapsed = time.monotonic() - self.command_start

@@ -17,7 +17,11 @@ from typing import Any
 
 import ray
 from ray.exceptions import RuntimeEnvSetupError
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from ray.util.placement_group import PlacementGroup
+from ray.util.scheduling_strategies import (
+    NodeAffinitySchedulingStrategy,
+    PlacementGroupSchedulingStrategy,
+)
 
 from qfleet.config import Config, ConfigError
 from qfleet.learner.learner import LearnerError
@@ -227,3 +231,24 @@ def evaluator_options(learner_node: str | None) -> dict[str, Any]:
     if learner_node:
         opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(learner_node, soft=True)
     return opts
+
+
+LEARNER_BUNDLE = 0
+"""In a sweep trial's placement group: the learner's bundle (the evaluator and the trial's
+own driver, which hold no CPU, run beside it); actor `i` holds bundle `1 + i`."""
+
+
+def trial_bundles(config: Config) -> list[dict[str, float]]:
+    """The bundles of one sweep trial's placement group: the learner's, then one per actor."""
+    return [learner_bundle(config)] + [actor_bundle(config)] * int(config.actors.num_actors)
+
+
+def in_bundle(opts: dict[str, Any], group: PlacementGroup | None, index: int
+              ) -> dict[str, Any]:
+    """`opts` placed in bundle `index` of a trial's placement group (its node is the
+    group's choice, not SPREAD's or a node affinity's); unchanged outside a trial."""
+    if group is None:
+        return opts
+    strategy = PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=index,
+                                                placement_group_capture_child_tasks=False)
+    return {**opts, "scheduling_strategy": strategy}

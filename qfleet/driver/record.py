@@ -47,6 +47,9 @@ class StopReason(StrEnum):
     NO_NODES = "no_nodes"
     """The fleet needed nodes that neither the cluster nor its autoscaler brought."""
     RAY_FAILURE = "ray_failure"
+    SWEEP = "sweep"
+    """A sweep trial ended by its sweep: stopped early by the scheduler, restarted by PBT
+    from another trial's checkpoint, or the sweep interrupted."""
     ERROR = "error"
     """An error of the driver itself; its traceback goes to `error.log` in the run dir."""
 
@@ -62,7 +65,7 @@ class StopReason(StrEnum):
 
 
 _EXIT_CODES = {StopReason.TARGET_RETURN: 0, StopReason.ENV_STEPS: 0, StopReason.TIME: 0,
-               StopReason.INTERRUPTED: 130, StopReason.TERMINATED: 143}
+               StopReason.SWEEP: 0, StopReason.INTERRUPTED: 130, StopReason.TERMINATED: 143}
 
 
 def learner_state(saved: dict[str, Any], counters: dict[str, int],

@@ -16,11 +16,19 @@ from collections.abc import Callable
 from typing import Any
 
 import ray
+from ray.util.placement_group import PlacementGroup
 
 from qfleet.config import Config
 from qfleet.driver.evaluations import Evaluations
 from qfleet.driver.failures import FleetFailure, describe_failure
-from qfleet.driver.placement import actor_bundle, actor_options, bundles_in, learner_options
+from qfleet.driver.placement import (
+    LEARNER_BUNDLE,
+    actor_bundle,
+    actor_options,
+    bundles_in,
+    in_bundle,
+    learner_options,
+)
 from qfleet.driver.record import StopReason
 from qfleet.envs import EnvSpec
 from qfleet.learner.learner import LearnerError
@@ -48,10 +56,13 @@ def _learner_start_error(err: BaseException) -> BaseException:
 
 class Supervisor:
     def __init__(self, config: Config, spec: EnvSpec, reporter: Reporter,
-                 restart_state: Callable[[], tuple[dict[str, Any], str]]) -> None:
+                 restart_state: Callable[[], tuple[dict[str, Any], str]], *,
+                 group: PlacementGroup | None = None) -> None:
         """`restart_state()` gives a restarted learner its start state and a description
-        of where it comes from (the run record knows the newest checkpoint)."""
+        of where it comes from (the run record knows the newest checkpoint). `group`: a
+        sweep trial's placement group; each part (and its restarts) keeps its bundle."""
         self.config, self.spec, self.reporter = config, spec, reporter
+        self.group = group
         self._cfg = config.to_dict()
         self._restart_state = restart_state
         # The learner.
@@ -76,7 +87,7 @@ class Supervisor:
         self._due: dict[int, float] = {}  # actor index -> when its restart is due
         self._chunks: dict[int, int] = {}
         self._chunks_at_start: dict[int, int] = {}
-        self.evals = Evaluations(config, spec, reporter)
+        self.evals = Evaluations(config, spec, reporter, group=group)
 
     # -- start and stop ----------------------------------------------------------------------
     def start(self, state: dict[str, Any] | None) -> None:
@@ -137,7 +148,8 @@ class Supervisor:
 
     # -- the learner -------------------------------------------------------------------------
     def _new_learner(self, state: dict[str, Any] | None) -> Any:
-        return RemoteLearner.options(**learner_options(self.config)).remote(
+        opts = in_bundle(learner_options(self.config), self.group, LEARNER_BUNDLE)
+        return RemoteLearner.options(**opts).remote(
             self._cfg, self.spec, state)
 
     @property
@@ -242,7 +254,8 @@ class Supervisor:
     # -- the actors --------------------------------------------------------------------------
     def _start_actor(self, index: int) -> None:
         seed = self.config.env.seed + 1000 * index + 7919 * self.actor_restarts + 1
-        actor = RemoteActor.options(**actor_options(self.config)).remote(
+        opts = in_bundle(actor_options(self.config), self.group, LEARNER_BUNDLE + 1 + index)
+        actor = RemoteActor.options(**opts).remote(
             self._cfg, self.spec, index, seed, self.learner, self.generation)
         self.actors[index] = actor
         self.runs[actor.run.remote()] = index

@@ -262,6 +262,10 @@ class Learner:
             if self.target is not self.online:
                 self.target.load_state_dict(state["target"])
             self.optimizer.load_state_dict(state["optimizer"])
+            # The optimizer's state carries the saved run's lr: this run's config says what
+            # it is now (a resume with learner.lr=..., a PBT trial given a perturbed one).
+            for group in self.optimizer.param_groups:
+                group["lr"], group["eps"] = self.config.learner.lr, self.config.learner.adam_eps
         c = Counters.from_dict(state["counters"])
         self.updates, self.env_steps, self.version = c.updates, c.env_steps, c.version
         self.transitions, self.episodes = c.transitions, c.episodes

@@ -1,0 +1,2 @@
+"""Hyperparameter sweeps on Ray Tune: sweep files (`space`), the trial (`trial`), the run
+(`tuner`) and what it leaves (`results`)."""

@@ -1,0 +1,152 @@
+"""One sweep trial: a whole fleet inside the trial's placement group, driven by Ray Tune.
+
+`FleetTrial` is the Ray Tune edge of `Fleet`: each `step()` runs the fleet's loop until its
+next greedy evaluation (or `STEP_S` at most, so a stop from the scheduler or a Ctrl-C is
+heard between Atari evaluations), and reports it. Its checkpoints are qfleet's own
+(`checkpoints/ckpt-*.pt`, with the replay when `replay.save_with_checkpoints` is on), so a
+PBT exploit or a resumed sweep continues another trial's weights, optimizer, counters and
+ε-schedule position, under this trial's config.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+from ray.util.placement_group import get_current_placement_group
+
+from qfleet.checkpoint import (
+    CKPT_DIR,
+    REPLAY_FILE,
+    CheckpointError,
+    find_checkpoint,
+    load_replay,
+)
+from qfleet.checkpoint import load_checkpoint as read_checkpoint
+from qfleet.driver.fleet import Fleet
+from qfleet.driver.record import StopReason
+from qfleet.envs import env_spec
+from qfleet.storage import RunStorage
+from qfleet.sweep.space import trial_config
+
+STEP_S = 30.0
+"""The longest a step runs without an evaluation: Ray Tune's stop (early stopping, PBT,
+Ctrl-C) waits for the step to return."""
+METRIC = "eval_return_mean"
+ORIGIN_FILE = "origin.json"
+"""In a Tune checkpoint: the trial it was taken from and its counters."""
+
+
+def trials_dir(sweep_dir: str) -> str:
+    return f"{sweep_dir.rstrip('/')}/trials"
+
+
+class FleetTrial(tune.Trainable):
+    """Ray Tune's trainable: `setup` (config, env), `load_checkpoint` (the state to start
+    from), `step` (start the fleet at the first; run it to the next evaluation),
+    `save_checkpoint`, and `cleanup` (the fleet's end: final checkpoint and summary)."""
+
+    def setup(self, config: dict[str, Any], *, base: dict[str, Any], sweep_dir: str,
+              checkpoint_every: int = 1) -> None:
+        """`checkpoint_every`: evaluations between Tune checkpoints (PBT: its perturbation
+        interval, so that the checkpoints it copies are not rotated away meanwhile)."""
+        self.cfg = trial_config(base, config)
+        self.checkpoint_every = checkpoint_every
+        self.spec = env_spec(self.cfg.env)
+        self.storage = RunStorage(f"{trials_dir(sweep_dir)}/{self.trial_id}")
+        self.resume: dict[str, Any] | None = None
+        self.origin: dict[str, Any] = {}
+        self.fleet: Fleet | None = None
+        self.summary: dict[str, Any] | None = None
+
+    def load_checkpoint(self, checkpoint_dir: str) -> None:
+        """Where this trial continues from: its own checkpoint (a resumed sweep) or the one
+        PBT copied from a better trial. Its weights, optimizer state and counters; the
+        learning rate, ε and periods are this trial's config's."""
+        try:
+            path = find_checkpoint(checkpoint_dir)
+        except CheckpointError:  # taken before the learner's first state: start fresh
+            return
+        state = read_checkpoint(path)
+        state["source"] = str(path)
+        state["replay"] = load_replay(Path(checkpoint_dir),
+                                      int(state["counters"]["updates"]))
+        self.resume = state
+        origin = Path(checkpoint_dir) / ORIGIN_FILE
+        self.origin = json.loads(origin.read_text()) if origin.is_file() else {}
+
+    def step(self) -> dict[str, Any]:
+        if self.fleet is None:
+            self.fleet = Fleet(self.cfg, self.spec, self.storage,
+                               command_start=time.monotonic(), resume=self.resume,
+                               group=get_current_placement_group())
+            self.fleet.prepare()
+            self.fleet.start()
+        fleet = self.fleet
+        seen, deadline = fleet.evaluations, time.monotonic() + STEP_S
+        fleet.advance(until=lambda: fleet.evaluations > seen or time.monotonic() > deadline)
+        result = self._metrics()
+        if fleet.record.stopped:  # the target, the budget, or a failure: the trial is done
+            self.summary = fleet.end()
+            return {**result, **self._metrics(), "stopped_by": self.summary["stopped_by"],
+                    "stop_message": self.summary["stop_message"], "done": True}
+        # A checkpoint with evaluations: what PBT copies and a resumed sweep continues from.
+        due = fleet.evaluations > seen and fleet.evaluations % self.checkpoint_every == 0
+        return {**result, "should_checkpoint": due}
+
+    def _metrics(self) -> dict[str, Any]:
+        assert self.fleet is not None
+        fleet, c = self.fleet, self.fleet.counters
+        scores = fleet.eval_scores
+        mean = fleet.eval_mean
+        return {METRIC: math.nan if mean is None else mean,
+                "eval_return_sem": scores.return_sem if scores else None,
+                "human_normalized_score_mean": (scores.human_normalized_score_mean
+                                                if scores else None),
+                "evaluations": fleet.evaluations, "env_steps": c.env_steps,
+                "updates": c.updates, "episodes": c.episodes,
+                "run_dir": str(self.storage),
+                **{f"restored_{k}": v for k, v in self.origin.items()}}
+
+    def save_checkpoint(self, checkpoint_dir: str) -> None:
+        """A qfleet checkpoint of the learner now (the newest written, once the fleet has
+        ended), laid out as a run directory: `qfleet evaluate` reads it too."""
+        if self.fleet is None:
+            return
+        path = None if self.summary is not None else self.fleet.checkpoint()
+        path = path or self.fleet.record.newest_checkpoint()
+        if path is None:
+            return
+        state = read_checkpoint(path)
+        counters = state["counters"]
+        folder = Path(checkpoint_dir) / CKPT_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        _link_or_copy(path, folder / path.name)
+        replay = path.parent / REPLAY_FILE
+        if replay.is_file():  # load_checkpoint takes it only if it belongs to this one
+            _link_or_copy(replay, folder / REPLAY_FILE)
+        (Path(checkpoint_dir) / ORIGIN_FILE).write_text(json.dumps({
+            "from_trial": self.trial_id, "env_steps": int(counters["env_steps"]),
+            "updates": int(counters["updates"])}))
+
+    def cleanup(self) -> None:
+        """The scheduler stopped this trial (or PBT restarts it from another's checkpoint,
+        or the sweep was interrupted): the fleet's end, with its final checkpoint and
+        summary."""
+        if self.fleet is not None and self.summary is None:
+            self.fleet.record.stop(StopReason.SWEEP, "ended by the sweep (its scheduler "
+                                   "stopped or perturbed this trial, or it was interrupted)")
+            self.summary = self.fleet.end()
+
+
+def _link_or_copy(source: Path, dest: Path) -> None:
+    try:
+        os.link(source, dest)
+    except OSError:  # another filesystem
+        shutil.copy2(source, dest)

@@ -1,0 +1,124 @@
+"""`qfleet tune` on a real local Ray: CartPole sweeps with real fleets, each trial in its own
+placement group. A trial's actors are placed only in its group's bundles: were they not,
+the groups would hold every CPU of the local Ray and the actors would never start."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from qfleet.config import load_config
+from tests.conftest import CONFIGS, ROOT, assert_one_line_error, qfleet
+
+pytestmark = pytest.mark.integration
+
+SHORT = ["actors.num_actors=1", "stop.target_return=null", "stop.time_s=null",
+         "eval.every_s=1", "eval.episodes=3", "learner.start_timeout_s=120"]
+
+
+def results(sweep_dir: Path) -> dict[str, list[dict]]:
+    """Each trial's reported results, in order (Tune's result.json lines)."""
+    out = {}
+    for file in sorted((sweep_dir / "tune").glob("*/result.json")):
+        out[file.parent.name] = [json.loads(line) for line in file.read_text().splitlines()]
+    return out
+
+
+def test_a_two_trial_sweep_interrupted_then_resumed_ends_with_summaries_and_best_yaml(
+        tmp_path):
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("learner.lr: {loguniform: [1.0e-3, 3.0e-3]}\n"
+                     "learner.target_update_every: {choice: [50, 100]}\n")
+    out = tmp_path / "sweep"
+    args = [sys.executable, "-m", "qfleet.cli", "tune", CONFIGS / "cartpole.yaml", sweep,
+            "--trials", "2", "--run-dir", out, *SHORT, "stop.env_steps=25000"]
+    proc = subprocess.Popen(list(map(str, args)), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:  # Ctrl-C once the first trial has a checkpoint
+        deadline = time.monotonic() + 240
+        while not list((out / "tune").glob("*/checkpoint_*")):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no trial checkpoint within 240 s"
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stdout + stderr
+    assert "--resume" in stderr and "Traceback" not in stderr
+
+    done = qfleet("tune", CONFIGS / "cartpole.yaml", sweep, "--trials", "2", "--run-dir", out,
+                  "--resume", *SHORT, "stop.env_steps=25000", timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    trials = sorted((out / "trials").iterdir())
+    assert len(trials) == 2
+    params = {}
+    for trial in trials:
+        summary = json.loads((trial / "summary.json").read_text())
+        assert summary["stopped_by"] == "env_steps" and summary["env_steps"] >= 25000
+        assert list(trial.glob("events.out.tfevents.*")) and list(trial.glob("checkpoints/*"))
+        params[trial.name] = load_config(trial / "config.yaml").learner.lr
+    # The interrupted trial continued from its own checkpoint, counters and all.
+    resumed = [(trial, rows) for trial, rows in results(out).items()
+               if any(r.get("restored_from_trial") == trial for r in rows)]
+    assert resumed, results(out)
+    trial, rows = resumed[0]
+    first = next(r for r in rows if r.get("restored_from_trial") == trial)
+    assert first["env_steps"] >= first["restored_env_steps"] > 0
+    assert first["updates"] >= first["restored_updates"] > 0
+    # The ranked results: trials.csv, and best.yaml ready for `qfleet train`.
+    lines = (out / "trials.csv").read_text().splitlines()
+    assert len(lines) == 3 and lines[0].startswith("rank,trial,eval_return_mean")
+    best = load_config(out / "best.yaml")
+    assert best.learner.lr in params.values() and best.actors.num_actors == 1
+    printed = next(line for line in done.stdout.splitlines() if line.startswith('{"sweep_dir"'))
+    assert json.loads(printed)["best"]["trial"] in params
+
+
+def test_pbt_copies_a_checkpoint_into_another_trial_which_continues_from_its_counters(
+        tmp_path):
+    sweep = tmp_path / "pbt.yaml"
+    sweep.write_text("learner.lr: {loguniform: [1.0e-4, 3.0e-3]}\n"
+                     "learner.target_update_every: {choice: [25, 50, 100]}\n")
+    out = tmp_path / "pbt"
+    done = qfleet("tune", CONFIGS / "cartpole.yaml", sweep, "--trials", "2",
+                  "--scheduler", "pbt", "--perturb-every", "2", "--run-dir", out, *SHORT,
+                  "stop.env_steps=30000", timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    by_trial = results(out)
+    assert len(by_trial) == 2
+    exploits = [(trial, r) for trial, rows in by_trial.items() for r in rows
+                if r.get("restored_from_trial") not in (None, trial)]
+    assert exploits, "PBT never exploited"
+    trial, first = exploits[0]  # the receiver's first result from the donor's checkpoint
+    own_start = by_trial[trial][0]
+    # It continued the donor's counters: more updates than a fresh start makes by then.
+    assert first["restored_updates"] > own_start["updates"]
+    assert first["updates"] >= first["restored_updates"]
+    assert first["env_steps"] >= first["restored_env_steps"]
+    # Explored inside the sweep's spaces; n-step and network untouched.
+    config = first["config"]
+    assert 1e-4 <= config["learner.lr"] <= 3e-3
+    assert config["learner.target_update_every"] in (25, 50, 100)
+    receiver = load_config(out / "trials" / trial / "config.yaml")
+    assert receiver.learner.n_step == load_config(CONFIGS / "cartpole.yaml").learner.n_step
+
+
+def test_a_bad_sweep_file_exits_2_with_one_line(tmp_path):
+    sweep = tmp_path / "bad.yaml"
+    sweep.write_text("learner.n_step: {choice: [3, 5]}\n")
+    assert_one_line_error(
+        qfleet("tune", CONFIGS / "cartpole.yaml", sweep, "--scheduler", "pbt",
+               "--run-dir", tmp_path / "s"),
+        "learner.n_step cannot change mid-run")
+    sweep.write_text("learner.lr: {loguniform: [1.0e-4]}\n")
+    assert_one_line_error(qfleet("tune", CONFIGS / "cartpole.yaml", sweep,
+                                 "--run-dir", tmp_path / "s"),
+                          "loguniform needs [low, high]")
+    assert not (tmp_path / "s").exists()  # refused before anything started
