@@ -37,8 +37,8 @@ class TrialRow:
 
 
 def rank(results: Any) -> list[TrialRow]:
-    """Ray Tune's `ResultGrid` as rows, best last reported greedy return first (failed
-    trials and those without an evaluation last)."""
+    """Ray Tune's `ResultGrid` as rows, best last reported greedy return first, then fewer
+    env steps (failed trials and those without an evaluation last)."""
     rows = []
     for result in results:
         m = result.metrics or {}
@@ -55,7 +55,9 @@ def rank(results: Any) -> list[TrialRow]:
             eval_return_sem=m.get("eval_return_sem"), env_steps=int(m.get("env_steps", 0)),
             updates=int(m.get("updates", 0)), time_s=float(m.get("time_total_s", 0.0)),
             run_dir=str(m.get("run_dir", "")), params=dict(result.config or {})))
-    return sorted(rows, key=lambda r: (not r.scored, -(r.eval_return_mean or 0.0), r.trial))
+    # Equal returns (trials that all reached stop.target_return): fewer env steps first.
+    return sorted(rows, key=lambda r: (not r.scored, -(r.eval_return_mean or 0.0),
+                                       r.env_steps, r.trial))
 
 
 def write_trials_csv(rows: list[TrialRow], sweep: Sweep, path: Path) -> None:

@@ -159,4 +159,4 @@ def _best(best: TrialRow | None, storage: RunStorage) -> dict[str, Any] | None:
     if best is None:
         return None
     return {"trial": best.trial, METRIC: best.eval_return_mean, "params": best.params,
-            "config": str(storage.local / "best.yaml"), "run_dir": best.run_dir}
+            "config": f"{storage.uri or storage.local}/best.yaml", "run_dir": best.run_dir}
