@@ -9,7 +9,6 @@ before anything starts, with the one line the command would print.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import re
 import sys
@@ -196,17 +195,24 @@ def tune(config: ConfigLike | None, sweep: str | os.PathLike[str],
     Returns `sweep_dir`, `trials` (best first), `searched`, `best` (its trial, return,
     params and `best.yaml`), `interrupted`, `errors`.
     """
+    from qfleet.learner.learner import check_replay_fits, pick_device
     from qfleet.sweep.space import load_sweep
-    from qfleet.sweep.tuner import SweepPlan, check_plan
+    from qfleet.sweep.tuner import SweepPlan, check_plan, check_sweep_dir
 
-    cfg, _, _, _, modules = prepare_run(config, overrides or (), address=address)
+    cfg, spec, _, _, modules = prepare_run(config, overrides or (), address=address)
     if resume and run_dir is None:
         raise ConfigError("--resume: give the sweep's --run-dir")
-    plan = SweepPlan(cfg, load_sweep(sweep, cfg, scheduler), scheduler, trials,
-                     max_concurrent, perturb_every)
+
+    def check_trial(trial: Config) -> None:  # what prepare_run checks, for any trial
+        build_network(trial, spec)
+        if is_local(address):
+            check_replay_fits(trial, spec, pick_device(trial.learner.device))
+
+    plan = SweepPlan(cfg, load_sweep(sweep, cfg, scheduler, check_trial), scheduler,
+                     trials, max_concurrent, perturb_every)
     check_plan(plan)
     storage = RunStorage(run_dir if run_dir is not None else default_sweep_dir(cfg))
-    _check_sweep_dir(storage, plan, resume)
+    check_sweep_dir(storage, plan, resume)
     local_token_auth(address)
     import ray
 
@@ -225,26 +231,6 @@ def tune(config: ConfigLike | None, sweep: str | os.PathLike[str],
 def default_sweep_dir(config: Config) -> Path:
     run = default_run_dir(config)
     return run.with_name(f"sweep-{run.name}")
-
-
-def _check_sweep_dir(storage: RunStorage, plan: Any, resume: bool) -> None:
-    """A new sweep never mixes with an old one's trials; a resumed one is the same sweep."""
-    if resume:
-        storage.fetch()
-    found = storage.local / "sweep.json"
-    if not resume:
-        if found.is_file():
-            raise ConfigError(f"--run-dir {storage}: holds a sweep already (continue it "
-                              "with --resume, or choose another directory)")
-        return
-    if not found.is_file():
-        raise ConfigError(f"--resume: {storage} holds no sweep (no sweep.json)")
-    asked, saved = plan.to_dict(), json.loads(found.read_text())
-    for key in ("config", "sweep", "scheduler", "trials"):
-        if saved.get(key) != asked[key]:
-            raise ConfigError(f"--resume: {storage} is a sweep with another {key}; resume "
-                              "it with the config, sweep file, --scheduler and --trials it "
-                              "started with")
 
 
 # -- evaluate and act ----------------------------------------------------------------------------

@@ -146,6 +146,9 @@ class LearnerConfig(_Section):
     publish_every: int = Field(10, ge=1)
     """Updates between weight publishes to the actors."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_gpus: float = Field(1.0, gt=0.0, le=1.0)
+    """The share of a GPU the learner holds when it runs on one: below 1, several learners
+    (the trials of a sweep) share a GPU."""
     num_threads: int = Field(1, ge=1)
     inbox_chunks: int = Field(8, ge=1)
     """Chunks the learner queues before `add` blocks the sending actors (backpressure)."""

@@ -51,7 +51,7 @@ def test_image_is_rays_own_for_the_pinned_ray_and_python():
     froms = [args for op, args in steps if op == "FROM"]
     assert froms == ["rayproject/ray:2.60.0-py311-${VARIANT}"]
     assert ("ARG", "VARIANT=cpu") in steps
-    assert '"ray[default]==2.60.0"' in (ROOT / "pyproject.toml").read_text()
+    assert '"ray[default,tune]==2.60.0"' in (ROOT / "pyproject.toml").read_text()
 
 
 def test_image_runs_the_launchers_bash_as_a_non_root_user():

@@ -69,6 +69,8 @@ def test_a_trial_config_sets_the_sampled_keys():
     ("actors.num_actors: {choice: [1, auto]}\nlearner.lr: {choice: [1.0e-3]}\n",
      "a sweep trial is a fixed placement group"),
     ("stop.time_s: 60\n", "no search space"),
+    ("learner.target_update_every: {uniform: [25, 100]}\n",
+     "learner.target_update_every takes whole numbers; sample it with {randint: [25, 100]}"),
     ("- learner.lr\n", "expected a mapping of dotted config keys"),
 ])
 def test_a_bad_sweep_is_one_line_naming_what_is_wrong(tmp_path, text, fragment):
@@ -112,3 +114,29 @@ def test_a_trial_places_each_part_in_its_own_bundle():
         assert in_bundle({"num_cpus": 1}, None, 2) == {"num_cpus": 1}
     finally:
         ray.shutdown()
+
+
+def test_a_trial_config_the_env_cannot_take_is_refused_before_ray_starts(tmp_path):
+    """What `qfleet train` refuses for one config, `qfleet tune` refuses for any corner."""
+    import qfleet
+
+    path = tmp_path / "sweep.yaml"
+    path.write_text("network.kind: {choice: [mlp, nature_cnn]}\n")
+    with pytest.raises(ConfigError, match=r"^sweep sweep\.yaml: .*nature_cnn"):
+        qfleet.tune(CONFIGS / "cartpole.yaml", path, run_dir=tmp_path / "s")
+    assert not ray.is_initialized() and not (tmp_path / "s").exists()
+
+
+def test_a_failed_trial_is_ranked_last_and_never_best(tmp_path):
+    from qfleet.sweep.results import TrialRow, ordered, write_best
+
+    def row(trial, ended, mean, steps=1000):
+        return TrialRow(trial, ended, mean, None, steps, 10, 1.0, "", {"learner.lr": 1e-3})
+
+    rows = [row("a", "learner_lost", 500.0), row("b", "error: boom", 480.0),
+            row("c", "sweep", 200.0), row("d", "target_return", 200.0, steps=500)]
+    assert [r.failed for r in rows] == [True, True, False, False]
+    assert [r.trial for r in ordered(rows)] == ["d", "c", "a", "b"]
+    best = write_best(ordered(rows), BASE.to_dict(), tmp_path / "best.yaml")
+    assert best is not None and best.trial == "d"  # the equal return in fewer env steps
+    assert load_config(tmp_path / "best.yaml").learner.lr == 1e-3

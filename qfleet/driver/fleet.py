@@ -64,11 +64,12 @@ class _Timers:
 class Fleet:
     def __init__(self, config: Config, spec: EnvSpec, storage: RunStorage, *,
                  command_start: float, resume: dict[str, Any] | None = None,
-                 reporter: Reporter | None = None,
-                 group: PlacementGroup | None = None) -> None:
+                 reporter: Reporter | None = None, group: PlacementGroup | None = None,
+                 trained_s: float = 0.0) -> None:
         """`resume`: a loaded checkpoint (and its replay) to continue from. `group`: a
         sweep trial's placement group, which holds the whole fleet (no autoscaler requests,
-        no `auto` size)."""
+        no `auto` size). `trained_s`: training time its checkpoint's lineage spent already
+        (a sweep trial's `stop.time_s` is its whole lineage's)."""
         self.config, self.spec = config, spec
         self.command_start = command_start
         self.resume = resume
@@ -82,6 +83,9 @@ class Fleet:
         self.scaling: Scaling | None = None
         self._timers: _Timers | None = None
         self.evaluations = 0  # greedy evaluations recorded so far
+        self.trained_s = trained_s  # training time, as of the loop's last tick
+        self._trained_before = trained_s
+        self.summary: dict[str, Any] | None = None
         self.nodes: set[str] = set()
         self.eval_mean: float | None = None
         self.eval_std: float | None = None
@@ -100,8 +104,12 @@ class Fleet:
         # From here on a SIGTERM only asks the run to end: the start, the loop and the
         # final checkpoint and summary all complete first.
         with _stop_signals(self._terminate):
-            self.start()
-            self.advance()
+            try:
+                self.start()
+                self.advance()
+            finally:  # first thing at the end: the autoscaler may let the nodes go
+                if self.scaling is not None:
+                    self.scaling.release()
             return self.end()
 
     def prepare(self) -> None:
@@ -142,15 +150,21 @@ class Fleet:
     def advance(self, until: Callable[[], bool] | None = None) -> None:
         """The loop, until a reason to stop (or `until()` holds: a sweep trial returns to
         Ray Tune after each evaluation)."""
+        if self.record.stopped or self._timers is None:  # it never started
+            return
         with self._failures_end_the_run():
             self._loop(until)
 
     def end(self) -> dict[str, Any]:
-        """The final checkpoint, evaluation and summary (returned)."""
-        if self.scaling is not None:  # first thing at the end: the autoscaler may let go
+        """The final checkpoint, evaluation and summary (returned); once, whatever calls
+        it again."""
+        if self.summary is not None:
+            return self.summary
+        if self.scaling is not None:
             self.scaling.release()
         try:
-            return self._finish()
+            self.summary = self._finish()
+            return self.summary
         finally:  # whatever happened there: the storage URI gets all there is
             self.record.sync(force=True, wait=True)
 
@@ -161,8 +175,6 @@ class Fleet:
         try:
             yield
         except LearnerError:  # the learner refused its config: bad input, nothing ran
-            if self.scaling is not None:
-                self.scaling.release()
             raise
         except KeyboardInterrupt:
             self.record.stop(StopReason.INTERRUPTED, "interrupted (Ctrl-C)")
@@ -191,7 +203,7 @@ class Fleet:
                 if t.report.due(now):
                     self._report(stats, now)
                 if stats.counters.updates >= self._next_checkpoint:
-                    self._checkpoint()
+                    self.checkpoint()
                 if (not sup.evals.running and stats.counters.updates > 0
                         and t.evaluate.due(now)):
                     sup.evals.launch(stats.weights)
@@ -208,7 +220,8 @@ class Fleet:
             if (recording := sup.evals.collect_video()) is not None:
                 self._record_video(recording)
             self.record.sync()
-            self._check_budget(now - self._train_start)
+            self.trained_s = self._trained_before + now - self._train_start
+            self._check_budget(self.trained_s)
 
     # -- each tick -------------------------------------------------------------------------
     def _absorb(self, stats: FleetStats) -> None:
@@ -252,9 +265,6 @@ class Fleet:
 
     def checkpoint(self) -> Path | None:
         """A checkpoint of the learner's state now (None while it restarts)."""
-        return self._checkpoint()
-
-    def _checkpoint(self) -> Path | None:
         assert self.sup is not None
         with_replay = self.config.replay.save_with_checkpoints and self._replay_fits()
         state = self.sup.learner_call("state", include_replay=with_replay)
@@ -346,10 +356,12 @@ class Fleet:
             self.counters = Counters.from_dict(final["counters"])
             try:
                 self.reporter.print(f"checkpoint written: {record.checkpoint(final)}")
-                self._save_replay(self.counters.updates)
+                if record.stopped_by is not StopReason.SWEEP:  # Tune allows it 10 s
+                    self._save_replay(self.counters.updates)
             except OSError as err:
                 self.reporter.print(f"error: final checkpoint not written: {err}")
-            self._last_video(sup)
+            if record.stopped_by is not StopReason.SWEEP:
+                self._last_video(sup)
             if record.stopped_by.budget:  # the summary reports the final weights' return
                 try:
                     episodes = sup.evals.final(network, lambda: self._terminating)

@@ -191,7 +191,7 @@ def check_placeable(config: Config, autoscaling: bool) -> None:
                            + (f" and resources {a.resources} (a cluster config's node "
                               "labels? actors.resources={} runs them anywhere)"
                               if a.resources else ""))
-    if lc.device == "cuda" and not fits({"GPU": 1.0}):
+    if lc.device == "cuda" and not fits({"GPU": lc.num_gpus}):
         raise LearnerError("learner.device: cuda requested but the cluster has no GPU")
     learner = learner_bundle(config)
     if not fits(learner):
@@ -205,12 +205,12 @@ def shape(bundle: dict[str, float]) -> str:
 
 
 def learner_options(config: Config) -> dict[str, Any]:
-    """One CPU, a whole GPU when the config says cuda or the cluster has one (unless the
-    config says cpu), and the config's extra resources."""
+    """One CPU, `learner.num_gpus` of a GPU when the config says cuda or the cluster has one
+    (unless the config says cpu), and the config's extra resources."""
     opts: dict[str, Any] = {"num_cpus": 1}
     device = config.learner.device
     if device == "cuda" or (device != "cpu" and ray.cluster_resources().get("GPU", 0) >= 1):
-        opts["num_gpus"] = 1
+        opts["num_gpus"] = config.learner.num_gpus
     if config.learner.resources:
         opts["resources"] = dict(config.learner.resources)
     return opts

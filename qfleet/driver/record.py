@@ -86,6 +86,7 @@ class RunRecord:
         self.stopped_by: StopReason | None = None
         self.stop_message = ""
         self.written: Path | None = None  # this run's newest checkpoint
+        self.written_counters: Counters | None = None  # and its counters
         self._last_sync = time.monotonic()
         self._uploader: Uploader | None = None
 
@@ -112,7 +113,7 @@ class RunRecord:
                          "obs_dtype": str(self.spec.obs_dtype),
                          "num_actions": self.spec.num_actions}}
         path = save_checkpoint(self.run_dir, full, self.config.log.keep_checkpoints)
-        self.written = path
+        self.written, self.written_counters = path, Counters.from_dict(state["counters"])
         if replay is not None:
             save_replay(self.run_dir, int(state["counters"]["updates"]), replay)
         self.sync(force=True)

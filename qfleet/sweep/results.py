@@ -10,8 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from qfleet.config import save_config
+from qfleet.driver.record import StopReason
 from qfleet.sweep.space import Sweep, trial_config
 from qfleet.sweep.trial import METRIC
+
+_FAILED = {r.value for r in StopReason if r.exit_code != 0}
 
 
 @dataclass(frozen=True)
@@ -29,16 +32,19 @@ class TrialRow:
     params: dict[str, Any]
 
     @property
+    def failed(self) -> bool:
+        """It raised, or its fleet failed (a lost learner past its restarts, NaN losses...):
+        its config is never the best."""
+        return self.ended.startswith("error") or self.ended in _FAILED
+
+    @property
     def scored(self) -> bool:
-        """It reached a greedy evaluation and did not fail (a failed trial's config is
-        never the best)."""
         return (self.eval_return_mean is not None and math.isfinite(self.eval_return_mean)
-                and not self.ended.startswith("error"))
+                and not self.failed)
 
 
 def rank(results: Any) -> list[TrialRow]:
-    """Ray Tune's `ResultGrid` as rows, best last reported greedy return first, then fewer
-    env steps (failed trials and those without an evaluation last)."""
+    """Ray Tune's `ResultGrid` as rows, `ordered`."""
     rows = []
     for result in results:
         m = result.metrics or {}
@@ -55,7 +61,12 @@ def rank(results: Any) -> list[TrialRow]:
             eval_return_sem=m.get("eval_return_sem"), env_steps=int(m.get("env_steps", 0)),
             updates=int(m.get("updates", 0)), time_s=float(m.get("time_total_s", 0.0)),
             run_dir=str(m.get("run_dir", "")), params=dict(result.config or {})))
-    # Equal returns (trials that all reached stop.target_return): fewer env steps first.
+    return ordered(rows)
+
+
+def ordered(rows: list[TrialRow]) -> list[TrialRow]:
+    """Best first: the higher last greedy return; equal returns (trials that all reached
+    stop.target_return), fewer env steps; failed and unscored trials last."""
     return sorted(rows, key=lambda r: (not r.scored, -(r.eval_return_mean or 0.0),
                                        r.env_steps, r.trial))
 

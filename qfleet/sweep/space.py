@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,11 +48,6 @@ class Space:
     key: str
     kind: str
     values: tuple[Any, ...]
-
-    @property
-    def corners(self) -> tuple[Any, ...]:
-        """The values that bound what a trial can be given: a range's ends, every choice."""
-        return self.values
 
     def domain(self) -> Any:
         """The space as Ray Tune samples it (a fixed value as itself)."""
@@ -116,9 +112,11 @@ def trial_config(base: dict[str, Any], params: dict[str, Any]) -> Config:
     return config_from_dict(data)
 
 
-def load_sweep(path: str | Path, base: Config, scheduler: str) -> Sweep:
+def load_sweep(path: str | Path, base: Config, scheduler: str,
+               check: Callable[[Config], None] | None = None) -> Sweep:
     """Read and check a sweep file against `base` (the resolved config the trials start
-    from) and the scheduler; every problem is one `ConfigError` line."""
+    from) and the scheduler; every problem is one `ConfigError` line. `check`: what else
+    each corner config must pass (its network for the env, its replay in memory)."""
     name = Path(path).name
     try:
         loaded = yaml.safe_load(Path(path).read_text())
@@ -145,7 +143,8 @@ def load_sweep(path: str | Path, base: Config, scheduler: str) -> Sweep:
                     "each trial from another's checkpoint (same network, n-step returns and "
                     f"replay); it perturbs only {', '.join(MUTABLE)}. Sweep {space.key} "
                     "with --scheduler asha or fifo, or fix it")
-    _check_corners(name, base, sweep)
+    _check_corners(name, base, sweep, check)
+    _check_ranges_on_whole_numbers(name, base, sweep)
     return sweep
 
 
@@ -179,11 +178,13 @@ def _space(name: str, key: str, value: Any) -> Space:
     return Space(key, kind, (low, high))
 
 
-def _check_corners(name: str, base: Config, sweep: Sweep) -> None:
-    """Validate the configs at the spaces' corners: a key the schema does not have, a value
-    it refuses, a combination it refuses, or a fleet a sweep cannot place."""
+def _check_corners(name: str, base: Config, sweep: Sweep,
+                   check: Callable[[Config], None] | None) -> None:
+    """Validate the configs at the spaces' corners (a range's ends, every choice): a key
+    the schema does not have, a value it refuses, a combination it refuses, or a fleet a
+    sweep cannot place."""
     data = base.to_dict()
-    corners = [[(s.key, v) for v in s.corners] for s in sweep.spaces]
+    corners = [[(s.key, v) for v in s.values] for s in sweep.spaces]
     if math.prod(len(c) for c in corners) <= CORNER_COMBINATIONS:
         combos: Any = itertools.product(*corners)
     else:
@@ -193,10 +194,28 @@ def _check_corners(name: str, base: Config, sweep: Sweep) -> None:
     for combo in combos:
         try:
             config = trial_config(data, dict(combo))
-        except ConfigError as err:
+            if check is not None:
+                check(config)
+        except ValueError as err:  # ConfigError, or the learner's LearnerError
             raise ConfigError(f"sweep {name}: {err}") from None
         if config.actors.num_actors == "auto":
             raise ConfigError(
                 "actors.num_actors=auto: a sweep trial is a fixed placement group (a bundle "
                 "for the learner and one per actor, so that trials never take each other's "
                 "CPUs); give a number of actors")
+
+
+def _check_ranges_on_whole_numbers(name: str, base: Config, sweep: Sweep) -> None:
+    """A uniform or loguniform range samples fractions, which an integer key refuses in
+    every trial though both ends pass."""
+    data = base.to_dict()
+    for space in sweep.searched:
+        if space.kind not in ("uniform", "loguniform"):
+            continue
+        low, high = space.values
+        try:
+            trial_config(data, {space.key: low + (high - low) / math.pi})
+        except ConfigError:
+            raise ConfigError(f"sweep {name}: {space.key} takes whole numbers; sample it "
+                              f"with {{randint: [{math.ceil(low)}, {math.floor(high)}]}} "
+                              "or a choice") from None

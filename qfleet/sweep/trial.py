@@ -2,7 +2,9 @@
 
 `FleetTrial` is the Ray Tune edge of `Fleet`: each `step()` runs the fleet's loop until its
 next greedy evaluation (or `STEP_S` at most, so a stop from the scheduler or a Ctrl-C is
-heard between Atari evaluations), and reports it. Its checkpoints are qfleet's own
+heard between Atari evaluations), and reports it: the greedy return, the counters, and
+the time attributes the schedulers read (`env_steps`, `train_time_s`, `evaluations`), all
+continued across restores. Its checkpoints are qfleet's own
 (`checkpoints/ckpt-*.pt`, with the replay when `replay.save_with_checkpoints` is on), so a
 PBT exploit or a resumed sweep continues another trial's weights, optimizer, counters and
 ε-schedule position, under this trial's config.
@@ -35,12 +37,13 @@ from qfleet.envs import env_spec
 from qfleet.storage import RunStorage
 from qfleet.sweep.space import trial_config
 
-STEP_S = 30.0
+STEP_S = 5.0
 """The longest a step runs without an evaluation: Ray Tune's stop (early stopping, PBT,
-Ctrl-C) waits for the step to return."""
+Ctrl-C) waits for the step to return, and at the sweep's end gives a trial 10 s to stop."""
 METRIC = "eval_return_mean"
 ORIGIN_FILE = "origin.json"
-"""In a Tune checkpoint: the trial it was taken from and its counters."""
+"""In a Tune checkpoint: the trial it was taken from, its counters, evaluations and
+training time (what the trial that continues it counts on from)."""
 
 
 def trials_dir(sweep_dir: str) -> str:
@@ -63,7 +66,7 @@ class FleetTrial(tune.Trainable):
         self.resume: dict[str, Any] | None = None
         self.origin: dict[str, Any] = {}
         self.fleet: Fleet | None = None
-        self.summary: dict[str, Any] | None = None
+        self.ended = False
 
     def load_checkpoint(self, checkpoint_dir: str) -> None:
         """Where this trial continues from: its own checkpoint (a resumed sweep) or the one
@@ -83,22 +86,42 @@ class FleetTrial(tune.Trainable):
 
     def step(self) -> dict[str, Any]:
         if self.fleet is None:
-            self.fleet = Fleet(self.cfg, self.spec, self.storage,
-                               command_start=time.monotonic(), resume=self.resume,
-                               group=get_current_placement_group())
-            self.fleet.prepare()
-            self.fleet.start()
+            self._start()
+        assert self.fleet is not None
         fleet = self.fleet
         seen, deadline = fleet.evaluations, time.monotonic() + STEP_S
         fleet.advance(until=lambda: fleet.evaluations > seen or time.monotonic() > deadline)
-        result = self._metrics()
         if fleet.record.stopped:  # the target, the budget, or a failure: the trial is done
-            self.summary = fleet.end()
-            return {**result, **self._metrics(), "stopped_by": self.summary["stopped_by"],
-                    "stop_message": self.summary["stop_message"], "done": True}
+            self.ended = True
+            summary = fleet.end()
+            return {**self._metrics(), "stopped_by": summary["stopped_by"],
+                    "stop_message": summary["stop_message"], "done": True}
         # A checkpoint with evaluations: what PBT copies and a resumed sweep continues from.
-        due = fleet.evaluations > seen and fleet.evaluations % self.checkpoint_every == 0
-        return {**result, "should_checkpoint": due}
+        due = (fleet.evaluations > seen
+               and self._evaluations() % self.checkpoint_every == 0)
+        return {**self._metrics(), "should_checkpoint": due}
+
+    def _start(self) -> None:
+        if self.origin.get("from_trial") not in (None, self.trial_id):
+            self._drop_replaced_checkpoints()
+        self.fleet = Fleet(self.cfg, self.spec, self.storage, command_start=time.monotonic(),
+                           resume=self.resume, group=get_current_placement_group(),
+                           trained_s=float(self.origin.get("train_time_s", 0.0)))
+        self.fleet.prepare()
+        self.fleet.start()
+
+    def _drop_replaced_checkpoints(self) -> None:
+        """PBT replaced this trial's weights with a better trial's: its own checkpoints
+        (numbered by updates, maybe beyond the new ones) would outrank the new lineage's in
+        the rotation and in `qfleet evaluate`."""
+        folder = self.storage.local / CKPT_DIR
+        for old in [*folder.glob("ckpt-*.pt"), folder / REPLAY_FILE]:
+            old.unlink(missing_ok=True)
+
+    def _evaluations(self) -> int:
+        """Evaluations of this trial's lineage: PBT's clock carries on across exploits."""
+        assert self.fleet is not None
+        return int(self.origin.get("evaluations", 0)) + self.fleet.evaluations
 
     def _metrics(self) -> dict[str, Any]:
         assert self.fleet is not None
@@ -109,7 +132,8 @@ class FleetTrial(tune.Trainable):
                 "eval_return_sem": scores.return_sem if scores else None,
                 "human_normalized_score_mean": (scores.human_normalized_score_mean
                                                 if scores else None),
-                "evaluations": fleet.evaluations, "env_steps": c.env_steps,
+                "evaluations": self._evaluations(), "train_time_s": fleet.trained_s,
+                "env_steps": c.env_steps,
                 "updates": c.updates, "episodes": c.episodes,
                 "run_dir": str(self.storage),
                 **{f"restored_{k}": v for k, v in self.origin.items()}}
@@ -119,12 +143,11 @@ class FleetTrial(tune.Trainable):
         ended), laid out as a run directory: `qfleet evaluate` reads it too."""
         if self.fleet is None:
             return
-        path = None if self.summary is not None else self.fleet.checkpoint()
-        path = path or self.fleet.record.newest_checkpoint()
-        if path is None:
+        if not self.ended:
+            self.fleet.checkpoint()  # else (a learner restarting) its newest one
+        path, counters = self.fleet.record.written, self.fleet.record.written_counters
+        if path is None or counters is None:  # no checkpoint of this fleet's yet
             return
-        state = read_checkpoint(path)
-        counters = state["counters"]
         folder = Path(checkpoint_dir) / CKPT_DIR
         folder.mkdir(parents=True, exist_ok=True)
         _link_or_copy(path, folder / path.name)
@@ -132,17 +155,19 @@ class FleetTrial(tune.Trainable):
         if replay.is_file():  # load_checkpoint takes it only if it belongs to this one
             _link_or_copy(replay, folder / REPLAY_FILE)
         (Path(checkpoint_dir) / ORIGIN_FILE).write_text(json.dumps({
-            "from_trial": self.trial_id, "env_steps": int(counters["env_steps"]),
-            "updates": int(counters["updates"])}))
+            "from_trial": self.trial_id, "env_steps": counters.env_steps,
+            "updates": counters.updates, "evaluations": self._evaluations(),
+            "train_time_s": self.fleet.trained_s}))
 
     def cleanup(self) -> None:
         """The scheduler stopped this trial (or PBT restarts it from another's checkpoint,
         or the sweep was interrupted): the fleet's end, with its final checkpoint and
         summary."""
-        if self.fleet is not None and self.summary is None:
+        if self.fleet is not None and not self.ended:
+            self.ended = True
             self.fleet.record.stop(StopReason.SWEEP, "ended by the sweep (its scheduler "
                                    "stopped or perturbed this trial, or it was interrupted)")
-            self.summary = self.fleet.end()
+            self.fleet.end()
 
 
 def _link_or_copy(source: Path, dest: Path) -> None:

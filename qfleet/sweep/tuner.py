@@ -27,8 +27,9 @@ SCHEDULERS = ("fifo", "asha", "pbt")
 ASHA_RUNGS = 16
 """ASHA's first rung at 1/16 of the budget, then 1/4 (reduction factor 4)."""
 TUNE_DIR = "tune"
-KEEP_CHECKPOINTS = 4
-"""Tune checkpoints kept per trial: PBT copies one a little after it was taken."""
+KEEP_CHECKPOINTS = 2
+"""Tune checkpoints kept per trial under fifo and ASHA (a resume takes the newest). PBT
+keeps them all: a paused trial may be restored, later, from any of them."""
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class SweepPlan:
     def to_dict(self) -> dict[str, Any]:
         return {"config": self.config.to_dict(), "sweep": self.sweep.to_dict(),
                 "scheduler": self.scheduler, "trials": self.trials,
-                "perturb_every": self.perturb_every}
+                "max_concurrent": self.max_concurrent, "perturb_every": self.perturb_every}
 
     def trial_cpus(self) -> float:
         a = self.config.actors
@@ -83,9 +84,10 @@ def scheduler(plan: SweepPlan) -> Any:
 
     if plan.scheduler == "asha":
         stop = plan.config.stop
-        # Env steps compare trials fairly on a busy machine; wall time where that is all.
+        # Env steps compare trials fairly on a busy machine; else training time, as the
+        # fleet's own stop.time_s counts it (start-up excluded, carried across restores).
         attr, max_t = (("env_steps", stop.env_steps) if stop.env_steps is not None
-                       else ("time_total_s", stop.time_s))
+                       else ("train_time_s", stop.time_s))
         assert max_t is not None
         return ASHAScheduler(time_attr=attr, max_t=max_t, grace_period=max_t / ASHA_RUNGS,
                              reduction_factor=4)
@@ -114,7 +116,8 @@ def _trainable(plan: SweepPlan, root: str) -> Any:
 def run_sweep(plan: SweepPlan, storage: RunStorage, resume: bool) -> dict[str, Any]:
     """Run (or resume) the sweep on the connected Ray; write `trials.csv` and `best.yaml`.
     Returns `sweep_dir`, `trials` (rows, best first), `searched` (the swept keys), `best`
-    (trial, return, params, `best.yaml`), `interrupted`, `errors`."""
+    (trial, return, params, `best.yaml`), `interrupted`, `errors` (trials that failed)."""
+    check_fits(plan)
     # Each trial writes its own TensorBoard files; Tune's copies would double every curve.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     from ray import tune
@@ -139,8 +142,9 @@ def run_sweep(plan: SweepPlan, storage: RunStorage, resume: bool) -> dict[str, A
                 reuse_actors=False, trial_dirname_creator=lambda t: t.trial_id),
             run_config=tune.RunConfig(
                 name=TUNE_DIR, storage_path=root, verbose=1,
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS,
-                                                        checkpoint_at_end=True),
+                checkpoint_config=tune.CheckpointConfig(
+                    num_to_keep=None if plan.scheduler == "pbt" else KEEP_CHECKPOINTS,
+                    checkpoint_at_end=True),
                 failure_config=tune.FailureConfig(max_failures=0),
                 callbacks=[JsonLoggerCallback(), CSVLoggerCallback()]))
     results = tuner.fit()
@@ -149,10 +153,11 @@ def run_sweep(plan: SweepPlan, storage: RunStorage, resume: bool) -> dict[str, A
     best = write_best(rows, plan.config.to_dict(), local / "best.yaml")
     storage.sync()
     finished = sum(r.ended != "unfinished" for r in rows)
+    failed = sum(r.failed for r in rows)
     return {"sweep_dir": str(storage), "trials": [asdict(r) for r in rows],
             "searched": [s.key for s in plan.sweep.searched],
             "best": _best(best, storage), "interrupted": finished < plan.trials,
-            "errors": results.num_errors}
+            "errors": failed}
 
 
 def _best(best: TrialRow | None, storage: RunStorage) -> dict[str, Any] | None:
@@ -160,3 +165,49 @@ def _best(best: TrialRow | None, storage: RunStorage) -> dict[str, Any] | None:
         return None
     return {"trial": best.trial, METRIC: best.eval_return_mean, "params": best.params,
             "config": f"{storage.uri or storage.local}/best.yaml", "run_dir": best.run_dir}
+
+
+def check_sweep_dir(storage: RunStorage, plan: SweepPlan, resume: bool) -> None:
+    """A new sweep never mixes with an old one's trials; a resumed one is the same sweep
+    (Ray Tune restores its own scheduler and settings, whatever the command says now)."""
+    if resume:
+        storage.fetch()
+    found = storage.local / "sweep.json"
+    if not resume:
+        if found.is_file():
+            raise ConfigError(f"--run-dir {storage}: holds a sweep already (continue it "
+                              "with --resume, or choose another directory)")
+        return
+    if not found.is_file():
+        raise ConfigError(f"--resume: {storage} holds no sweep (no sweep.json)")
+    asked, saved = plan.to_dict(), json.loads(found.read_text())
+    for key, value in asked.items():
+        if saved.get(key) != value:
+            raise ConfigError(f"--resume: {storage} is a sweep with another {key} "
+                              f"({saved.get(key)!r} there); resume it with the config, "
+                              "sweep file and options it started with")
+
+
+def check_fits(plan: SweepPlan) -> None:
+    """Refuse a trial that no cluster without an autoscaler could ever place (a
+    `LearnerError` line, exit 2), rather than queue it forever."""
+    import ray
+
+    from qfleet.driver.placement import autoscaler_present, check_placeable, shape, trial_bundles
+
+    autoscaler = autoscaler_present()
+    check_placeable(plan.config, autoscaler)
+    if autoscaler:
+        return
+    total = ray.cluster_resources()
+    need: dict[str, float] = {}
+    for bundle in trial_bundles(plan.config):
+        for key, value in bundle.items():
+            need[key] = need.get(key, 0.0) + value
+    if any(total.get(key, 0.0) + 1e-6 < value for key, value in need.items()):
+        from qfleet.learner.learner import LearnerError
+
+        raise LearnerError(f"a trial needs {shape(need)} (its learner and "
+                           f"{plan.config.actors.num_actors} actors) and the cluster has "
+                           f"{shape({k: total.get(k, 0.0) for k in need})}, with no "
+                           "autoscaler to add nodes (fewer actors: actors.num_actors=...)")
