@@ -44,7 +44,7 @@ def test_learning_curves_of_qfleet_and_sb3_on_one_budget(tmp_path):
     """`bench learning --against sb3`: both run for real on the same budget and each
     reports a curve of greedy evaluations (the figures are the benchmark's, not asserted)."""
     picture = tmp_path / "curve.png"
-    result = qfleet("bench", "learning", "--env", "CartPole-v1", "--seconds", "30",
+    result = qfleet("bench", "learning", "--env", "CartPole-v1", "--seconds", "20",
                     "--points", "3", "--episodes", "2", "--against", "sb3", "--plot", picture,
                     "--first-seed", "3", "actors.num_actors=1", "--json", timeout=400)
     report = last_json(result)

@@ -75,7 +75,7 @@ def test_a_learner_lost_past_its_restart_budget_ends_the_run_with_a_summary(run_
 def test_an_env_that_raises_at_every_reset_ends_the_run_with_its_own_error(run_dir):
     started = time.monotonic()
     result = qfleet("train", CONFIGS / "cartpole.yaml", "env.id=tests.envs:BrokenReset-v0",
-                    "--run-dir", run_dir, timeout=300)
+                    "actors.max_restarts=2", "--run-dir", run_dir, timeout=300)
     took = time.monotonic() - started
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
     assert took < 60, f"took {took:.0f} s"
