@@ -195,8 +195,8 @@ def tune(config: ConfigLike | None, sweep: str | os.PathLike[str],
     Returns `sweep_dir`, `trials` (best first), `searched`, `best` (its trial, return,
     params and `best.yaml`), `interrupted`, `errors`.
     """
-    from qfleet.learner.learner import check_replay_fits, pick_device
-    from qfleet.sweep.space import load_sweep
+    from qfleet.learner.learner import LearnerError, check_replay_fits, pick_device
+    from qfleet.sweep.space import load_sweep, trial_config
     from qfleet.sweep.tuner import SweepPlan, check_plan, check_sweep_dir
 
     cfg, spec, _, _, modules = prepare_run(config, overrides or (), address=address)
@@ -206,10 +206,15 @@ def tune(config: ConfigLike | None, sweep: str | os.PathLike[str],
     def check_trial(trial: Config) -> None:  # what prepare_run checks, for any trial
         build_network(trial, spec)
         if is_local(address):
-            check_replay_fits(trial, spec, pick_device(trial.learner.device))
+            try:
+                check_replay_fits(trial, spec, pick_device(trial.learner.device))
+            except LearnerError as err:
+                raise ConfigError(str(err)) from None
 
-    plan = SweepPlan(cfg, load_sweep(sweep, cfg, scheduler, check_trial), scheduler,
-                     trials, max_concurrent, perturb_every)
+    space = load_sweep(sweep, cfg, scheduler, check_trial)
+    # The sweep's plain values are the trials' base: their budget is what ASHA cuts at.
+    cfg = trial_config(cfg.to_dict(), space.fixed())
+    plan = SweepPlan(cfg, space, scheduler, trials, max_concurrent, perturb_every)
     check_plan(plan)
     storage = RunStorage(run_dir if run_dir is not None else default_sweep_dir(cfg))
     check_sweep_dir(storage, plan, resume)

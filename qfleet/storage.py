@@ -117,6 +117,25 @@ class RunStorage:
         return sent
 
 
+    def prune(self, folder: str, drop: Callable[[str], bool]) -> None:
+        """Delete the files of `folder` (relative) whose names `drop` picks, here and on
+        the URI (whatever process uploaded them)."""
+        local = self.local / folder
+        for path in list(local.glob("*")) if local.is_dir() else []:
+            if path.is_file() and drop(path.name):
+                path.unlink(missing_ok=True)
+                self._sent.pop(str(path), None)
+        if self.uri is None:
+            return
+        import pyarrow.fs as pafs
+
+        selector = pafs.FileSelector(f"{self._root}/{folder}", allow_not_found=True)
+        for item in self._fs.get_file_info(selector):
+            if item.type == pafs.FileType.File and drop(item.base_name):
+                with contextlib.suppress(OSError):
+                    self._fs.delete_file(item.path)
+
+
 class Uploader:
     """Runs `RunStorage.sync()` on a thread of its own: the driver asks for a sync and goes
     on. One sync runs at a time; a request made during one is served by the next, and

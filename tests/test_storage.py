@@ -47,6 +47,22 @@ def test_a_file_pruned_meanwhile_leaves_the_mirror_too(tmp_path):
     assert not (remote / "ckpt-1.pt").exists() and (remote / "ckpt-2.pt").read_bytes() == b"b"
 
 
+def test_prune_deletes_here_and_on_the_uri_what_another_process_uploaded(tmp_path):
+    """A sweep trial restored on a fresh actor drops checkpoints an earlier one uploaded."""
+    first, remote = mirror(tmp_path)
+    (first.local / "checkpoints").mkdir()
+    for name in ("ckpt-0000000010.pt", "ckpt-0000000020.pt"):
+        (first.local / "checkpoints" / name).write_bytes(b"x")
+    assert first.sync() == 2
+    later = RunStorage(f"file://{remote}")  # a new process: nothing sent by it
+    later.local = first.local
+    later.prune("checkpoints", lambda name: name == "ckpt-0000000020.pt")
+    assert sorted(p.name for p in (remote / "checkpoints").iterdir()) == ["ckpt-0000000010.pt"]
+    assert sorted(p.name for p in (later.local / "checkpoints").iterdir()) == [
+        "ckpt-0000000010.pt"]
+    later.prune("nothing-here", lambda name: True)  # a folder on neither side
+
+
 def test_an_unchanged_file_is_not_sent_again(tmp_path):
     storage, _ = mirror(tmp_path)
     (storage.local / "events").write_bytes(b"x")

@@ -37,6 +37,17 @@ def test_the_shipped_sweep_loads_and_its_spaces_become_tune_domains():
     params = s.param_space()
     assert params["stop.time_s"] == 150
     assert params["learner.lr"].sample() > 0
+    assert s.fixed() == {"stop.time_s": 150}
+
+
+def test_asha_cuts_at_the_budget_the_sweep_fixes(tmp_path):
+    """The sweep's plain values are the trials' base config (what `qfleet.tune` plans)."""
+    from qfleet.sweep.tuner import scheduler
+
+    s = sweep(tmp_path, "learner.lr: {loguniform: [1.0e-4, 1.0e-3]}\nstop.time_s: 160\n")
+    base = trial_config(BASE.to_dict(), s.fixed())
+    asha = scheduler(SweepPlan(base, s, "asha", 4, None, 4))
+    assert asha._time_attr == "train_time_s" and asha._max_t == 160
 
 
 def test_randint_includes_both_ends_and_pbt_stays_inside_the_ranges(tmp_path):
@@ -66,8 +77,10 @@ def test_a_trial_config_sets_the_sampled_keys():
     # A combination the schema refuses, though each value alone is fine.
     ("replay.min_size: {choice: [100, 40000]}\nreplay.capacity: {choice: [30000, 50000]}\n",
      "replay.min_size (40000) exceeds replay.capacity (30000)"),
-    ("actors.num_actors: {choice: [1, auto]}\nlearner.lr: {choice: [1.0e-3]}\n",
+    ("actors.num_actors: auto\nlearner.lr: {choice: [1.0e-3]}\n",
      "a sweep trial is a fixed placement group"),
+    ("actors.num_actors: {choice: [1, 2]}\n",
+     "actors.num_actors shapes every trial's placement group"),
     ("stop.time_s: 60\n", "no search space"),
     ("learner.target_update_every: {uniform: [25, 100]}\n",
      "learner.target_update_every takes whole numbers; sample it with {randint: [25, 100]}"),

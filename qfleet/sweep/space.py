@@ -34,6 +34,11 @@ MUTABLE = ("learner.lr", "learner.adam_eps", "learner.replay_ratio",
 checkpoint keeps its network, n-step returns and replay layout, so only the optimizer's
 step size, exploration, the replay ratio and the target period may differ."""
 
+PLACEMENT = ("actors.num_actors", "actors.num_cpus", "actors.resources", "learner.device",
+             "learner.num_gpus", "learner.resources")
+"""Keys that shape a trial's placement group, which is the same for every trial: a sweep
+may fix them, not search them."""
+
 CORNER_COMBINATIONS = 256
 """Up to this many combinations of every space's ends (and choices) are each validated as
 a whole config (cross-key checks such as replay.min_size <= replay.capacity); beyond it,
@@ -86,6 +91,10 @@ class Sweep:
         """Ray Tune's `param_space`: the dotted keys, flat."""
         return {s.key: s.domain() for s in self.spaces}
 
+    def fixed(self) -> dict[str, Any]:
+        """The plain values: settings of every trial, part of the config they start from."""
+        return {s.key: s.values[0] for s in self.spaces if s.kind == FIXED}
+
     def mutations(self) -> dict[str, Any]:
         """PBT's `hyperparam_mutations`: the searched keys (all of them `MUTABLE`); a
         choice as a list, which PBT shifts to a neighbouring option (a domain it would
@@ -135,6 +144,11 @@ def load_sweep(path: str | Path, base: Config, scheduler: str,
     if not sweep.searched:
         raise ConfigError(f"sweep {name}: no search space, only fixed values (give at least "
                           f"one key a space: {{{', '.join(KINDS)}: ...}})")
+    for space in sweep.searched:
+        if space.key in PLACEMENT:
+            raise ConfigError(f"sweep {name}: {space.key} shapes every trial's placement "
+                              "group, the same for all trials: give it a plain value (or "
+                              "an override), not a search space")
     if scheduler == "pbt":
         for space in sweep.searched:
             if space.key not in MUTABLE:

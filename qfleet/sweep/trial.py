@@ -13,7 +13,6 @@ PBT exploit or a resumed sweep continues another trial's weights, optimizer, cou
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import time
@@ -34,6 +33,7 @@ from qfleet.checkpoint import load_checkpoint as read_checkpoint
 from qfleet.driver.fleet import Fleet
 from qfleet.driver.record import StopReason
 from qfleet.envs import env_spec
+from qfleet.stats import Counters
 from qfleet.storage import RunStorage
 from qfleet.sweep.space import trial_config
 
@@ -102,21 +102,28 @@ class FleetTrial(tune.Trainable):
         return {**self._metrics(), "should_checkpoint": due}
 
     def _start(self) -> None:
-        if self.origin.get("from_trial") not in (None, self.trial_id):
-            self._drop_replaced_checkpoints()
+        if self.resume is not None:
+            self._drop_checkpoints_beyond(int(self.resume["counters"]["updates"]))
         self.fleet = Fleet(self.cfg, self.spec, self.storage, command_start=time.monotonic(),
                            resume=self.resume, group=get_current_placement_group(),
                            trained_s=float(self.origin.get("train_time_s", 0.0)))
         self.fleet.prepare()
         self.fleet.start()
 
-    def _drop_replaced_checkpoints(self) -> None:
-        """PBT replaced this trial's weights with a better trial's: its own checkpoints
-        (numbered by updates, maybe beyond the new ones) would outrank the new lineage's in
-        the rotation and in `qfleet evaluate`."""
-        folder = self.storage.local / CKPT_DIR
-        for old in [*folder.glob("ckpt-*.pt"), folder / REPLAY_FILE]:
-            old.unlink(missing_ok=True)
+    def _drop_checkpoints_beyond(self, updates: int) -> None:
+        """Checkpoints numbered (by updates) beyond the one this trial continues from would
+        outrank the new ones in the rotation, which would delete each new one at once, and
+        in `qfleet evaluate`: those a resumed trial wrote after its last Tune checkpoint,
+        or all of a trial whose weights PBT replaced with a better trial's."""
+        replaced = self.origin.get("from_trial") not in (None, self.trial_id)
+
+        def drop(name: str) -> bool:
+            if name == REPLAY_FILE:
+                return True  # a load takes only the one saved with its checkpoint
+            number = name.removeprefix("ckpt-").removesuffix(".pt")
+            return replaced or (number.isdigit() and int(number) > updates)
+
+        self.storage.prune(CKPT_DIR, drop)
 
     def _evaluations(self) -> int:
         """Evaluations of this trial's lineage: PBT's clock carries on across exploits."""
@@ -128,7 +135,9 @@ class FleetTrial(tune.Trainable):
         fleet, c = self.fleet, self.fleet.counters
         scores = fleet.eval_scores
         mean = fleet.eval_mean
-        return {METRIC: math.nan if mean is None else mean,
+        # No metric before the first evaluation: ASHA and PBT wait for one, rather than
+        # record a rung without it.
+        return {**({} if mean is None else {METRIC: mean}),
                 "eval_return_sem": scores.return_sem if scores else None,
                 "human_normalized_score_mean": (scores.human_normalized_score_mean
                                                 if scores else None),
@@ -143,10 +152,16 @@ class FleetTrial(tune.Trainable):
         ended), laid out as a run directory: `qfleet evaluate` reads it too."""
         if self.fleet is None:
             return
+        record = self.fleet.record
         if not self.ended:
             self.fleet.checkpoint()  # else (a learner restarting) its newest one
-        path, counters = self.fleet.record.written, self.fleet.record.written_counters
-        if path is None or counters is None:  # no checkpoint of this fleet's yet
+        path, counters = record.written, record.written_counters
+        clocks = {"evaluations": self._evaluations(), "train_time_s": self.fleet.trained_s}
+        if path is None and self.resume is not None:  # none of its own yet: where it began
+            path, counters = Path(self.resume["source"]), Counters.from_dict(
+                self.resume["counters"])
+            clocks = {k: self.origin.get(k, 0) for k in clocks}
+        if path is None or counters is None or not path.is_file():
             return
         folder = Path(checkpoint_dir) / CKPT_DIR
         folder.mkdir(parents=True, exist_ok=True)
@@ -156,8 +171,7 @@ class FleetTrial(tune.Trainable):
             _link_or_copy(replay, folder / REPLAY_FILE)
         (Path(checkpoint_dir) / ORIGIN_FILE).write_text(json.dumps({
             "from_trial": self.trial_id, "env_steps": counters.env_steps,
-            "updates": counters.updates, "evaluations": self._evaluations(),
-            "train_time_s": self.fleet.trained_s}))
+            "updates": counters.updates, **clocks}))
 
     def cleanup(self) -> None:
         """The scheduler stopped this trial (or PBT restarts it from another's checkpoint,

@@ -95,7 +95,8 @@ def scheduler(plan: SweepPlan) -> Any:
         return PopulationBasedTraining(
             time_attr="evaluations", perturbation_interval=plan.perturb_every,
             hyperparam_mutations=plan.sweep.mutations(), custom_explore_fn=plan.sweep.clamp,
-            quantile_fraction=0.25, resample_probability=0.25)
+            quantile_fraction=0.25, resample_probability=0.25,
+            require_attrs=False)  # no greedy return before a trial's first evaluation
     return FIFOScheduler()
 
 
@@ -120,6 +121,8 @@ def run_sweep(plan: SweepPlan, storage: RunStorage, resume: bool) -> dict[str, A
     check_fits(plan)
     # Each trial writes its own TensorBoard files; Tune's copies would double every curve.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # A trial reports its greedy return only once it has one (see FleetTrial._metrics).
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
