@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from qfleet.checkpoint import CheckpointError, find_checkpoint, load_checkpoint, load_replay
+from qfleet.checkpoint import CheckpointError, find_checkpoint, load_checkpoint, load_run_state
 from qfleet.config import Config, ConfigError, apply_override, config_from_dict, load_config
 from qfleet.storage import RunStorage
 
@@ -124,10 +124,7 @@ def prepare_run(config: ConfigLike | None, overrides: Sequence[str] = (), *,
         if not (local / "config.yaml").is_file():
             raise CheckpointError(f"--resume {str(resume)!r} is not a qfleet run directory "
                                   "(no config.yaml)")
-        newest = find_checkpoint(local)
-        resume_state = load_checkpoint(newest)
-        resume_state["source"] = str(newest)
-        resume_state["replay"] = load_replay(local, int(resume_state["counters"]["updates"]))
+        resume_state = load_run_state(local)
         config = config if config is not None else local / "config.yaml"
         cfg = resolve_config(config, overrides)
         storage = storage or source

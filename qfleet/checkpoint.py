@@ -101,3 +101,13 @@ def load_replay(run_dir: Path, updates: int) -> dict[str, Any] | None:
     if not isinstance(saved, dict) or saved.get("updates") != updates:
         return None
     return saved["replay"]
+
+
+def load_run_state(run_dir: str | Path) -> dict[str, Any]:
+    """The newest checkpoint of a run directory as a run continues it: loaded, with its
+    `source` path and the `replay` saved with it (None when none belongs to it)."""
+    path = find_checkpoint(run_dir)
+    state = load_checkpoint(path)
+    state["source"] = str(path)
+    state["replay"] = load_replay(Path(run_dir), int(state["counters"]["updates"]))
+    return state

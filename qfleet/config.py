@@ -328,17 +328,7 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
-        try:
-            text = p.read_text()
-        except OSError as err:
-            raise ConfigError(f"cannot read config {str(p)!r}: {err.strerror or err}") from None
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark is not None else ""
-            problem = getattr(err, "problem", None) or "invalid YAML"
-            raise ConfigError(f"config {str(p)!r}{where}: {problem}") from None
+        loaded = read_yaml(p, "config", repr(str(p)))
         if loaded is None:
             raise ConfigError(f"config {str(p)!r} is empty: give at least a `stop` section "
                               "(see configs/)")
@@ -348,6 +338,22 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     for override in overrides:
         apply_override(data, override)
     return config_from_dict(data)
+
+
+def read_yaml(path: Path, what: str, name: str) -> Any:
+    """A YAML file's data; unreadable or invalid YAML is one `ConfigError` line that says
+    `what` the file is, under `name`, and where the YAML broke."""
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"cannot read {what} {str(path)!r}: {err.strerror or err}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{what} {name}{where}: {problem}") from None
 
 
 def save_config(config: Config, path: Path) -> None:

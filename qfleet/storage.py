@@ -116,7 +116,6 @@ class RunStorage:
             del self._sent[gone]
         return sent
 
-
     def prune(self, folder: str, drop: Callable[[str], bool]) -> None:
         """Delete the files of `folder` (relative) whose names `drop` picks, here and on
         the URI (whatever process uploaded them)."""

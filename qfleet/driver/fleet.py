@@ -160,8 +160,6 @@ class Fleet:
         it again."""
         if self.summary is not None:
             return self.summary
-        if self.scaling is not None:
-            self.scaling.release()
         try:
             self.summary = self._finish()
             return self.summary
@@ -350,17 +348,20 @@ class Fleet:
     def _finish(self) -> dict[str, Any]:
         assert self.sup is not None and self.record.stopped_by is not None
         sup, record = self.sup, self.record
+        # A sweep trial's end: Ray Tune kills it 10 s after asking, so no replay save and
+        # no wait for a video.
+        hurried = record.stopped_by is StopReason.SWEEP
         final = sup.stop_learner()
         if final is not None:
             network = final["network"]
             self.counters = Counters.from_dict(final["counters"])
             try:
                 self.reporter.print(f"checkpoint written: {record.checkpoint(final)}")
-                if record.stopped_by is not StopReason.SWEEP:  # Tune allows it 10 s
+                if not hurried:
                     self._save_replay(self.counters.updates)
             except OSError as err:
                 self.reporter.print(f"error: final checkpoint not written: {err}")
-            if record.stopped_by is not StopReason.SWEEP:
+            if not hurried:
                 self._last_video(sup)
             if record.stopped_by.budget:  # the summary reports the final weights' return
                 try:

@@ -149,8 +149,7 @@ class Supervisor:
     # -- the learner -------------------------------------------------------------------------
     def _new_learner(self, state: dict[str, Any] | None) -> Any:
         opts = in_bundle(learner_options(self.config), self.group, LEARNER_BUNDLE)
-        return RemoteLearner.options(**opts).remote(
-            self._cfg, self.spec, state)
+        return RemoteLearner.options(**opts).remote(self._cfg, self.spec, state)
 
     @property
     def learner_up(self) -> bool:

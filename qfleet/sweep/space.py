@@ -19,9 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from qfleet.config import Config, ConfigError, config_from_dict, set_key
+from qfleet.config import Config, ConfigError, config_from_dict, read_yaml, set_key
 
 KINDS = ("choice", "uniform", "loguniform", "randint")
 FIXED = "fixed"
@@ -127,15 +125,7 @@ def load_sweep(path: str | Path, base: Config, scheduler: str,
     from) and the scheduler; every problem is one `ConfigError` line. `check`: what else
     each corner config must pass (its network for the env, its replay in memory)."""
     name = Path(path).name
-    try:
-        loaded = yaml.safe_load(Path(path).read_text())
-    except OSError as err:
-        raise ConfigError(f"cannot read sweep {str(path)!r}: {err.strerror or err}") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"sweep {name}{where}: "
-                          f"{getattr(err, 'problem', None) or 'invalid YAML'}") from None
+    loaded = read_yaml(Path(path), "sweep", name)
     if not isinstance(loaded, dict) or not loaded:
         raise ConfigError(f"sweep {name}: expected a mapping of dotted config keys to search "
                           "spaces, such as learner.lr: {loguniform: [1.0e-4, 1.0e-3]}")

@@ -27,9 +27,8 @@ from qfleet.checkpoint import (
     REPLAY_FILE,
     CheckpointError,
     find_checkpoint,
-    load_replay,
+    load_run_state,
 )
-from qfleet.checkpoint import load_checkpoint as read_checkpoint
 from qfleet.driver.fleet import Fleet
 from qfleet.driver.record import StopReason
 from qfleet.envs import env_spec
@@ -73,14 +72,10 @@ class FleetTrial(tune.Trainable):
         PBT copied from a better trial. Its weights, optimizer state and counters; the
         learning rate, ε and periods are this trial's config's."""
         try:
-            path = find_checkpoint(checkpoint_dir)
+            find_checkpoint(checkpoint_dir)
         except CheckpointError:  # taken before the learner's first state: start fresh
             return
-        state = read_checkpoint(path)
-        state["source"] = str(path)
-        state["replay"] = load_replay(Path(checkpoint_dir),
-                                      int(state["counters"]["updates"]))
-        self.resume = state
+        self.resume = load_run_state(checkpoint_dir)
         origin = Path(checkpoint_dir) / ORIGIN_FILE
         self.origin = json.loads(origin.read_text()) if origin.is_file() else {}
 
