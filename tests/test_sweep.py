@@ -83,13 +83,16 @@ def test_a_two_trial_sweep_interrupted_then_resumed_ends_with_summaries_and_best
 
 def test_pbt_copies_a_checkpoint_into_another_trial_which_continues_from_its_counters(
         tmp_path):
+    # PBT scores a trial only at its own perturbation points and exploits only the trial at
+    # hand, so a short budget can pass without an exploit: 45k env steps give each trial
+    # several chances (30k once gave none, in a full CI run).
     sweep = tmp_path / "pbt.yaml"
     sweep.write_text("learner.lr: {loguniform: [1.0e-4, 3.0e-3]}\n"
                      "learner.target_update_every: {choice: [25, 50, 100]}\n")
     out = tmp_path / "pbt"
     done = qfleet("tune", CONFIGS / "cartpole.yaml", sweep, "--trials", "2",
                   "--scheduler", "pbt", "--perturb-every", "2", "--run-dir", out, *SHORT,
-                  "stop.env_steps=30000", timeout=400)
+                  "stop.env_steps=45000", timeout=400)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     by_trial = results(out)
     assert len(by_trial) == 2
