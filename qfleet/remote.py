@@ -118,12 +118,17 @@ class LearnerWorker:
         version, ref = self._weights
         return version, [ref], self.learner.env_steps, self._stopping
 
-    async def stats(self) -> FleetStats:
-        if self._error is not None:
-            raise RuntimeError(f"learner failed: {self._error!r}") from self._error
+    def _pop_stats(self) -> tuple[Any, list[Episode]]:
         with self._lock:
             learner = self.learner.pop_stats()
             episodes, self._episodes = self._episodes, []
+        return learner, episodes
+
+    async def stats(self) -> FleetStats:
+        if self._error is not None:
+            raise RuntimeError(f"learner failed: {self._error!r}") from self._error
+        # Off the event loop: while the update thread holds the lock, `add` still runs.
+        learner, episodes = await asyncio.to_thread(self._pop_stats)
         return FleetStats(learner, tuple(episodes), self._weights[1], len(self.inbox),
                           frozenset(self._nodes), dict(self._chunks_by_actor),
                           dict(self._pids), os.getpid())

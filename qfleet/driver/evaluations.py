@@ -59,6 +59,11 @@ class Evaluations:
         self._eval_ref = self.evaluator.evaluate.remote(weights, c.episodes, c.epsilon)
 
     @property
+    def pending(self) -> list[ray.ObjectRef]:
+        """The evaluation and video still running."""
+        return [r for r in (self._eval_ref, self._video_ref) if r is not None]
+
+    @property
     def filming(self) -> bool:
         return self._video_ref is not None
 

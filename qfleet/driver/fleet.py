@@ -194,6 +194,7 @@ class Fleet:
         assert self.sup is not None and self._timers is not None
         sup, scaling, t = self.sup, self.scaling, self._timers
         while not self.record.stopped and not (until is not None and until()):
+            tick_end = time.monotonic() + TICK_S
             stats = sup.poll_stats(TICK_S)
             now = time.monotonic()
             if stats is not None:
@@ -220,6 +221,10 @@ class Fleet:
             self.record.sync()
             self.trained_s = self._trained_before + now - self._train_start
             self._check_budget(self.trained_s)
+            # The learner answers stats at once: without this the loop would spin, its
+            # pulls taking CPU and the learner's lock from training. An evaluation, video
+            # or actor that ends meanwhile still cuts the tick short.
+            sup.wait_for_events(tick_end - time.monotonic())
 
     # -- each tick -------------------------------------------------------------------------
     def _absorb(self, stats: FleetStats) -> None:

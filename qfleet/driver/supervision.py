@@ -260,6 +260,17 @@ class Supervisor:
         self.runs[actor.run.remote()] = index
         self._chunks_at_start[index] = self._chunks.get(index, 0)
 
+    def wait_for_events(self, timeout: float) -> None:
+        """Wait up to `timeout` seconds, less when an evaluation, a video or an actor's
+        loop ends."""
+        if timeout <= 0:
+            return
+        refs = [*self.runs, *self.evals.pending]
+        if refs:
+            ray.wait(refs, num_returns=1, timeout=timeout)
+        else:
+            time.sleep(timeout)
+
     def check_actors(self) -> None:
         """Restart actors whose loop ended with an error, each after a backoff that doubles
         with its restarts inside `actors.restart_window_s`; past `actors.max_restarts`

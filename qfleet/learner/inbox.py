@@ -38,7 +38,7 @@ class Inbox(Generic[Item]):
         self._error: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._room: asyncio.Event | None = None
-        self._waiting = False  # a sender waits for room: only then is waking it worth it
+        self._waiting = 0  # the waiting sender's size (0: none); only its room wakes it
         self._turn: asyncio.Lock | None = None
 
     # -- the senders' side (one event loop) ------------------------------------------------
@@ -54,19 +54,19 @@ class Inbox(Generic[Item]):
         async with self._turn:
             while True:
                 with self._lock:
-                    self._waiting = False
+                    self._waiting = 0
                     if self._closed:
                         if self._error is not None:
                             raise InboxClosed("the learner failed") from self._error
                         return False
-                    if len(self._items) < self._max and self._accepts(self._queued + size):
+                    if self._has_room(size):
                         self._items.append((item, size))
                         self._queued += size
                         self._not_empty.notify()
                         return True
                     # Under the lock: a wake-up from the learner after this one counts.
                     self._room.clear()
-                    self._waiting = True
+                    self._waiting = max(size, 1)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._room.wait(), timeout=_SAFETY_NET_S)
 
@@ -87,13 +87,17 @@ class Inbox(Generic[Item]):
             self._queued -= size
         self.made_room()
 
+    def _has_room(self, size: int) -> bool:
+        return len(self._items) < self._max and self._accepts(self._queued + size)
+
     def made_room(self) -> None:
-        """Wake the waiting sender: an item was taken or an update made the ratio allow
-        more."""
+        """Wake the waiting sender once its chunk fits: an item was taken or updates made
+        the ratio allow it. Not after every update: each wake-up costs the learner a trip
+        through the event loop's thread (and the GIL) for nothing."""
         with self._lock:
-            if not self._waiting:
+            if not self._waiting or not (self._closed or self._has_room(self._waiting)):
                 return
-            self._waiting = False
+            self._waiting = 0
         loop, room = self._loop, self._room
         if loop is not None and room is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop stopped meanwhile
@@ -105,7 +109,7 @@ class Inbox(Generic[Item]):
             self._closed = True
             self._error = error
             self._not_empty.notify_all()
-            self._waiting = True  # wake whoever waits, whatever the flag said
+            self._waiting = 1  # wake whoever waits, whatever the flag said
         self.made_room()
 
     # -- stats -------------------------------------------------------------------------------
