@@ -139,6 +139,23 @@ def test_a_resumed_learner_refills_its_replay_before_throttling():
     assert resumed.accepts(16)
 
 
+def test_a_resumed_learner_with_its_replay_admits_a_chunk_larger_than_two_batches():
+    # At the ratio's edge the learner waits for data: the actor's next chunk (4 x 8 = 32
+    # transitions, more than two batches of 10) must get in, or both wait for ever.
+    config, spec = make(["replay.min_size=40", "learner.batch_size=10", "learner.replay_ratio=1",
+                         "actors.envs_per_actor=4", "actors.chunk_steps=8"])
+    actor, learner = Actor(config, spec, 0, 1), Learner(config, spec)
+    while len(learner.replay) < 200:
+        learner.add(actor.collect(8))
+    while learner.ready():
+        learner.step()
+    state = {**learner.state_dict(), "replay": learner.replay_state()}
+    resumed = Learner(config, spec)
+    resumed.load_state_dict(state)
+    assert not resumed.ready()
+    assert resumed.accepts(len(actor.collect(8).transitions))
+
+
 def test_a_bfloat16_acting_copy_tracks_the_float32_network():
     """The actors may act with a bfloat16 copy: it loads the learner's float32 weights and
     ranks actions like them; the learner's network stays float32."""

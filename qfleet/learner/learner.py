@@ -106,7 +106,9 @@ class Learner:
         self.version = 0
         self.nonfinite_skipped = 0
         self.nonfinite_streak = 0
-        self._largest_chunk = 0
+        # What one actor sends at most, known before any chunk came: a resumed learner with
+        # its replay back and no chunk seen yet must still admit a whole one (slack below).
+        self._largest_chunk = a.chunk_steps * a.envs_per_actor
         self._prefetch = self.device.type == "cuda" and config.replay.kind != "none"
         self._prefetched: tuple | None = None
         self.fault_hook: Callable[[torch.Tensor], torch.Tensor] | None = None
