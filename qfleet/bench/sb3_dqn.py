@@ -62,6 +62,7 @@ def make_env(env_id: str, atari: bool, train: bool, protocol: str, max_steps: in
 def main(spec_path: str, out_path: str) -> None:
     from stable_baselines3 import DQN
     from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.logger import Logger
     from stable_baselines3.common.vec_env import DummyVecEnv, VecFrameStack
 
     spec = json.loads(Path(spec_path).read_text())
@@ -80,6 +81,9 @@ def main(spec_path: str, out_path: str) -> None:
         return VecFrameStack(envs, 4) if atari else envs
 
     model = DQN(env=vec(1, True, seed), seed=seed, verbose=0, device="cpu", **hp)
+    # A logger that writes nowhere: SB3's default makes an empty SB3-<date> folder in /tmp
+    # on every run.
+    model.set_logger(Logger(folder=None, output_formats=[]))
     curve: list[dict[str, Any]] = []
     rng = np.random.default_rng(seed)
 
