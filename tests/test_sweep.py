@@ -21,6 +21,7 @@ pytestmark = pytest.mark.integration
 # The trials' pace is pinned here, not taken from cartpole.yaml: the interrupt must land
 # before a trial's budget is spent, and PBT needs perturbation points within it.
 SHORT = ["actors.num_actors=1", "actors.envs_per_actor=8", "actors.chunk_steps=8",
+         "learner.batch_size=64",
          "stop.target_return=null", "stop.time_s=null",
          "eval.every_s=1", "eval.episodes=3", "learner.start_timeout_s=120"]
 

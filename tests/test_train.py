@@ -166,7 +166,8 @@ def test_actor_and_evaluator_killed_with_sigkill_are_restarted_and_the_run_solve
     # solve before both kills land.
     cmd = [sys.executable, "-m", "qfleet.cli", "train", str(CONFIGS / "cartpole.yaml"),
            "stop.time_s=400", "learner.n_step=5", "learner.target_update_every=100",
-           "learner.publish_every=5", "--run-dir", str(run_dir)]
+           "learner.publish_every=5", "learner.lr=2.3e-3", "learner.batch_size=64",
+           "actors.apex_epsilon=0.4", "--run-dir", str(run_dir)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     assert proc.stdout is not None
