@@ -175,13 +175,9 @@ def test_actor_and_evaluator_killed_with_sigkill_are_restarted_and_the_run_solve
     for line in proc.stdout:
         if "greedy eval" in line:  # the evaluator is up and has scored once
             break
-    deadline = time.monotonic() + 60  # a loaded machine starts them late
-    while True:
-        actors = run_processes(proc.pid, "actor")  # this run's own, never another run's
-        evaluators = run_processes(proc.pid, "evaluator")
-        if (actors and evaluators) or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+    # Both are up by now: the actor fed the learner, the evaluator scored.
+    actors = run_processes(proc.pid, "actor")  # this run's own, never another run's
+    evaluators = run_processes(proc.pid, "evaluator")
     assert actors and evaluators, "no actor or evaluator process found"
     os.kill(actors[0], signal.SIGKILL)
     os.kill(evaluators[0], signal.SIGKILL)
