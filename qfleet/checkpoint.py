@@ -21,23 +21,29 @@ class CheckpointError(ValueError):
     """A missing, unreadable or foreign checkpoint (one line, exit code 2)."""
 
 
+def _write_atomic(path: Path, payload: dict[str, Any]) -> None:
+    """Save to `<path>.tmp`, fsync, rename over `path` and fsync the folder: a crash
+    leaves the old file or the new one, never half of one."""
+    tmp = path.with_suffix(".pt.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(payload, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 def save_checkpoint(run_dir: Path, state: dict[str, Any], keep: int) -> Path:
     """Write `ckpt-<updates>.pt` atomically and keep only the newest `keep`."""
     folder = Path(run_dir) / CKPT_DIR
     folder.mkdir(parents=True, exist_ok=True)
     updates = int(state["counters"]["updates"])
     path = folder / f"ckpt-{updates:010d}.pt"
-    tmp = path.with_suffix(".pt.tmp")
-    with open(tmp, "wb") as f:
-        torch.save({"format": FORMAT, **state}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    _write_atomic(path, {"format": FORMAT, **state})
     for old in sorted(folder.glob("ckpt-*.pt"))[:-keep]:
         old.unlink(missing_ok=True)
     return path
@@ -72,35 +78,53 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
-REPLAY_FILE = "replay.pt"
+LEGACY_REPLAY_FILE = "replay.pt"
+"""Where older runs kept their one replay save (still read on --resume)."""
+
+
+def is_replay_file(name: str) -> bool:
+    """Whether a file of a checkpoints folder is a replay save (this layout or the older)."""
+    return name == LEGACY_REPLAY_FILE or (name.startswith("replay-") and name.endswith(".pt"))
+
+
+def replay_name(updates: int) -> str:
+    """The file of the replay saved with the checkpoint at `updates`, beside it: named for
+    it, so that a new save never replaces the one the newest checkpoint belongs to."""
+    return f"replay-{updates:010d}.pt"
 
 
 def save_replay(run_dir: Path, updates: int, replay: dict[str, Any]) -> Path:
-    """The replay beside the checkpoints, tagged with the update count it belongs to."""
-    folder = Path(run_dir) / CKPT_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / REPLAY_FILE
-    tmp = path.with_suffix(".pt.tmp")
-    with open(tmp, "wb") as f:
-        torch.save({"format": FORMAT, "updates": updates, "replay": replay}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write the replay of the checkpoint at `updates`, atomically. Write it before that
+    checkpoint and `prune_replays` after it: a crash in between then leaves the previous
+    checkpoint with its replay."""
+    path = Path(run_dir) / CKPT_DIR / replay_name(updates)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(path, {"format": FORMAT, "updates": updates, "replay": replay})
     return path
 
 
-def load_replay(run_dir: Path, updates: int) -> dict[str, Any] | None:
-    """The saved replay if it belongs to the checkpoint at `updates` (else None)."""
-    path = Path(run_dir) / CKPT_DIR / REPLAY_FILE
-    if not path.is_file():
-        return None
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        return None  # a damaged replay costs a refill, never the run
-    if not isinstance(saved, dict) or saved.get("updates") != updates:
-        return None
-    return saved["replay"]
+def prune_replays(run_dir: Path, keep_updates: int | None) -> None:
+    """Delete every replay save but the one of the checkpoint at `keep_updates` (all of
+    them when None): only the newest checkpoint's replay is ever loaded."""
+    folder = Path(run_dir) / CKPT_DIR
+    keep = None if keep_updates is None else replay_name(keep_updates)
+    for path in folder.glob("replay*.pt"):
+        if is_replay_file(path.name) and path.name != keep:
+            path.unlink(missing_ok=True)
+
+
+def load_replay(folder: Path, updates: int) -> dict[str, Any] | None:
+    """The replay saved with the checkpoint at `updates` in `folder` (None when none is)."""
+    for path in (Path(folder) / replay_name(updates), Path(folder) / LEGACY_REPLAY_FILE):
+        if not path.is_file():
+            continue
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:
+            continue  # a damaged replay costs a refill, never the run
+        if isinstance(saved, dict) and saved.get("updates") == updates:
+            return saved["replay"]
+    return None
 
 
 def load_run_state(run_dir: str | Path) -> dict[str, Any]:
@@ -109,5 +133,5 @@ def load_run_state(run_dir: str | Path) -> dict[str, Any]:
     path = find_checkpoint(run_dir)
     state = load_checkpoint(path)
     state["source"] = str(path)
-    state["replay"] = load_replay(Path(run_dir), int(state["counters"]["updates"]))
+    state["replay"] = load_replay(path.parent, int(state["counters"]["updates"]))
     return state

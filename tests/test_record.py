@@ -1,9 +1,11 @@
 """The run record: why a run ends (first reason wins, each with its exit code), and what a
 restarted learner starts from."""
 
+import pytest
 import torch
 
 from qfleet.actors.actor import Actor
+from qfleet.checkpoint import load_run_state
 from qfleet.config import load_config
 from qfleet.driver.record import RunRecord, StopReason
 from qfleet.envs import env_spec
@@ -93,3 +95,39 @@ def test_a_resumed_run_restarts_a_learner_from_the_checkpoint_it_resumed_from(tm
     for k, v in learner.online.state_dict().items():
         assert torch.equal(v, state["network"][k])
     assert record.newest_checkpoint() == tmp_path / "a" / "ckpt-0000000004.pt"
+
+
+def test_a_crash_between_the_replay_and_its_checkpoint_keeps_the_last_pair(
+        tmp_path, monkeypatch):
+    """The replay is written first and older ones are deleted only once the new checkpoint
+    is on disk: a driver killed in between resumes from the previous checkpoint with the
+    replay saved with it."""
+    config, spec, record = make_record(tmp_path, "replay.save_with_checkpoints=true")
+    actor, learner = Actor(config, spec, 0, 1), Learner(config, spec)
+    learner.add(actor.collect(10))
+
+    def checkpoint_now() -> dict:
+        learner.step()
+        state = learner.state_dict()
+        state["replay"] = learner.replay_state()
+        return state
+
+    record.checkpoint(checkpoint_now())
+    saved_size = len(learner.replay)
+    learner.add(actor.collect(10))
+
+    def killed(*_args, **_kwargs):
+        raise KeyboardInterrupt  # the process dies here, after the replay's write
+
+    monkeypatch.setattr("qfleet.driver.record.save_checkpoint", killed)
+    with pytest.raises(KeyboardInterrupt):
+        record.checkpoint(checkpoint_now())
+    folder = record.run_dir / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "ckpt-0000000001.pt", "replay-0000000001.pt", "replay-0000000002.pt"]
+    state = load_run_state(record.run_dir)
+    assert state["counters"]["updates"] == 1
+    assert state["replay"] is not None and state["replay"]["size"] == saved_size
+    monkeypatch.undo()  # the resumed run's next checkpoint leaves only its own replay
+    record.checkpoint(checkpoint_now())
+    assert sorted(p.name for p in folder.glob("replay*")) == ["replay-0000000003.pt"]

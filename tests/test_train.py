@@ -220,7 +220,7 @@ def test_a_killed_driver_resumes_with_the_replay_of_its_last_checkpoint(run_dir)
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     deadline = time.monotonic() + 120
-    while not list((run_dir / "checkpoints").glob("replay.pt")):
+    while not list((run_dir / "checkpoints").glob("replay-*.pt")):
         assert time.monotonic() < deadline and proc.poll() is None
         time.sleep(0.5)
     time.sleep(1.0)

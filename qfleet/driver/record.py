@@ -19,6 +19,7 @@ from qfleet.checkpoint import (
     CheckpointError,
     load_checkpoint,
     load_replay,
+    prune_replays,
     save_checkpoint,
     save_replay,
 )
@@ -112,10 +113,12 @@ class RunRecord:
                 "spec": {"obs_shape": list(self.spec.obs_shape),
                          "obs_dtype": str(self.spec.obs_dtype),
                          "num_actions": self.spec.num_actions}}
+        updates = int(state["counters"]["updates"])
+        if replay is not None:  # first: a crash before the checkpoint keeps the last pair
+            save_replay(self.run_dir, updates, replay)
         path = save_checkpoint(self.run_dir, full, self.config.log.keep_checkpoints)
         self.written, self.written_counters = path, Counters.from_dict(state["counters"])
-        if replay is not None:
-            save_replay(self.run_dir, int(state["counters"]["updates"]), replay)
+        prune_replays(self.run_dir, updates if replay is not None else None)
         self.sync(force=True)
         return path
 
@@ -152,7 +155,7 @@ class RunRecord:
         if self.written is not None:
             try:
                 saved = load_checkpoint(self.written)
-                replay = load_replay(self.run_dir, int(saved["counters"]["updates"]))
+                replay = load_replay(self.written.parent, int(saved["counters"]["updates"]))
                 return saved, replay, f"checkpoint {self.written.name}"
             except CheckpointError as err:  # damaged since: an older state beats none
                 self.reporter.print(f"warning: {err}")
@@ -173,6 +176,7 @@ class RunRecord:
 
     def save_replay(self, updates: int, replay: dict[str, Any]) -> None:
         path = save_replay(self.run_dir, updates, replay)
+        prune_replays(self.run_dir, updates)
         self.reporter.print(f"replay saved: {path} ({replay['size']:,} transitions)")
 
     def sync(self, force: bool = False, wait: bool = False) -> None:

@@ -24,10 +24,11 @@ from ray.util.placement_group import get_current_placement_group
 
 from qfleet.checkpoint import (
     CKPT_DIR,
-    REPLAY_FILE,
     CheckpointError,
     find_checkpoint,
+    is_replay_file,
     load_run_state,
+    replay_name,
 )
 from qfleet.driver.fleet import Fleet
 from qfleet.driver.record import StopReason
@@ -113,7 +114,7 @@ class FleetTrial(tune.Trainable):
         replaced = self.origin.get("from_trial") not in (None, self.trial_id)
 
         def drop(name: str) -> bool:
-            if name == REPLAY_FILE:
+            if is_replay_file(name):
                 return True  # a load takes only the one saved with its checkpoint
             number = name.removeprefix("ckpt-").removesuffix(".pt")
             return replaced or (number.isdigit() and int(number) > updates)
@@ -161,9 +162,9 @@ class FleetTrial(tune.Trainable):
         folder = Path(checkpoint_dir) / CKPT_DIR
         folder.mkdir(parents=True, exist_ok=True)
         _link_or_copy(path, folder / path.name)
-        replay = path.parent / REPLAY_FILE
-        if replay.is_file():  # load_checkpoint takes it only if it belongs to this one
-            _link_or_copy(replay, folder / REPLAY_FILE)
+        replay = path.parent / replay_name(counters.updates)
+        if replay.is_file():
+            _link_or_copy(replay, folder / replay.name)
         (Path(checkpoint_dir) / ORIGIN_FILE).write_text(json.dumps({
             "from_trial": self.trial_id, "env_steps": counters.env_steps,
             "updates": counters.updates, **clocks}))
