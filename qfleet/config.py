@@ -150,6 +150,9 @@ class LearnerConfig(_Section):
     """The share of a GPU the learner holds when it runs on one: below 1, several learners
     (the trials of a sweep) share a GPU."""
     num_threads: int = Field(1, ge=1)
+    cuda_graph: bool = True
+    """On a GPU, replay each update (loss, backward, clipping, Adam) as one CUDA graph: the
+    eager update is bound by the host launching its kernels. No effect on a CPU."""
     inbox_chunks: int = Field(8, ge=1)
     """Chunks the learner queues before `add` blocks the sending actors (backpressure)."""
     resources: dict[str, float] = {}

@@ -59,9 +59,13 @@ def learner(seconds: Seconds = 9.0,
             batch_size: Annotated[int, typer.Option(min=1, help="Batch size.")] = 32,
             device: Annotated[str, typer.Option(help="auto, cpu or cuda.",
                                                 callback=_device)] = "auto",
+            cuda_graph: Annotated[bool, typer.Option(
+                help="On a GPU, the learner's update as one CUDA graph "
+                     "(learner.cuda_graph).")] = True,
             as_json: AsJson = False) -> None:
     """Learner.step vs a bare torch loop with the same network, loss and optimizer."""
-    _report("learner", seconds, batch_size=batch_size, device=device, as_json=as_json)
+    _report("learner", seconds, batch_size=batch_size, device=device, cuda_graph=cuda_graph,
+            as_json=as_json)
 
 
 @app.command()

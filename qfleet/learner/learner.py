@@ -16,6 +16,7 @@ import torch
 
 from qfleet.config import Config
 from qfleet.envs import EnvSpec
+from qfleet.learner.graphed import GraphedUpdate
 from qfleet.learner.loss import dqn_loss
 from qfleet.learner.replay import make_replay, replay_bytes_per_item
 from qfleet.networks import build_q_network
@@ -111,6 +112,7 @@ class Learner:
         self._largest_chunk = a.chunk_steps * a.envs_per_actor
         self._prefetch = self.device.type == "cuda" and config.replay.kind != "none"
         self._prefetched: tuple | None = None
+        self._graphed: GraphedUpdate | None = None  # made at the first update (see `step`)
         self.fault_hook: Callable[[torch.Tensor], torch.Tensor] | None = None
         """Test hook: may replace the loss (e.g. with NaN) before the finiteness check."""
         self._reset_stats()
@@ -170,6 +172,9 @@ class Learner:
         sample = self._prefetched or self.replay.sample(lc.batch_size)
         self._prefetched = None
         batch, keys, weights = sample
+        if self._use_graph():
+            self._graphed_step(batch, keys, weights)
+            return
         loss, extras = dqn_loss(self.online, self.target, *batch, double=lc.double_dqn,
                                 kind=lc.loss, weights=weights)
         if self._prefetch:
@@ -188,6 +193,39 @@ class Learner:
         if lc.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.online.parameters(), lc.grad_clip)
         self.optimizer.step()
+        self._after_update(loss, extras, keys)
+
+    def _use_graph(self) -> bool:
+        """A CUDA graph on a GPU with a replay (fixed batch shapes), unless a test hook
+        must see the loss on the host first."""
+        lc = self.config.learner
+        if not (lc.cuda_graph and self.device.type == "cuda"
+                and self.config.replay.kind != "none" and self.fault_hook is None):
+            if self._graphed is not None:
+                self._graphed.release()
+                self._graphed = None
+            return False
+        if self._graphed is None:
+            self._graphed = GraphedUpdate(self.online, self.target, self.optimizer,
+                                          double=lc.double_dqn, kind=lc.loss,
+                                          grad_clip=lc.grad_clip)
+        return True
+
+    def _graphed_step(self, batch: Any, keys: torch.Tensor, weights: Any) -> None:
+        """`step` with the update replayed as a CUDA graph: Adam skips a non-finite loss on
+        the device, and the host learns of it after queueing the next batch's sampling."""
+        assert self._graphed is not None
+        loss, extras, skipped = self._graphed(batch, weights)
+        if self._prefetch:
+            self._prefetched = self.replay.sample(self.config.learner.batch_size)
+        if bool(skipped):
+            self.nonfinite_skipped += 1
+            self.nonfinite_streak += 1
+            return
+        self._after_update(loss, extras, keys)
+
+    def _after_update(self, loss: torch.Tensor, extras: dict[str, torch.Tensor],
+                      keys: torch.Tensor) -> None:
         self.replay.update_priorities(keys, extras["td_abs"])
         self.updates += 1
         self.replay.anneal(self.updates)
@@ -264,6 +302,9 @@ class Learner:
             if self.target is not self.online:
                 self.target.load_state_dict(state["target"])
             self.optimizer.load_state_dict(state["optimizer"])
+            if self._graphed is not None:  # its graph holds the replaced Adam state
+                self._graphed.release()
+                self._graphed = None
             # The optimizer's state carries the saved run's lr: this run's config says what
             # it is now (a resume with learner.lr=..., a PBT trial given a perturbed one).
             for group in self.optimizer.param_groups:
