@@ -90,6 +90,20 @@ def test_a_nonfinite_loss_is_skipped_on_the_device():
     assert not hasattr(g_opt, "found_inf")
 
 
+def test_a_checkpoint_of_a_graphed_learner_loads_on_a_cpu():
+    """A GPU learner's graph made Adam `capturable`; the saved state says so."""
+    learner = filled_learner()
+    learner.step()
+    state = learner.state_dict()
+    for group in state["optimizer"]["param_groups"]:
+        group["capturable"] = True  # as a CUDA-graphed learner saves it
+    restored = filled_learner()
+    restored.load_state_dict(state)
+    assert all(not g["capturable"] for g in restored.optimizer.param_groups)
+    restored.step()
+    assert restored.updates == 2
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU to capture")
 def test_the_captured_graph_trains_as_the_eager_update_on_a_gpu():
     learner = filled_learner("cuda")

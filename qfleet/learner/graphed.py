@@ -102,7 +102,8 @@ class GraphedUpdate:
         """Capture one update; its gradients are allocated in the graph's own memory."""
         self.optimizer.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: the learner's other threads (Ray's, the stats calls) may go on.
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             self._out = self._update()
         self._graph = graph
 

@@ -307,8 +307,10 @@ class Learner:
                 self._graphed = None
             # The optimizer's state carries the saved run's lr: this run's config says what
             # it is now (a resume with learner.lr=..., a PBT trial given a perturbed one).
+            # `capturable` was the saving learner's CUDA graph's (a CPU learner refuses it).
             for group in self.optimizer.param_groups:
                 group["lr"], group["eps"] = self.config.learner.lr, self.config.learner.adam_eps
+                group["capturable"] = False
         c = Counters.from_dict(state["counters"])
         self.updates, self.env_steps, self.version = c.updates, c.env_steps, c.version
         self.transitions, self.episodes = c.transitions, c.episodes
