@@ -25,11 +25,15 @@ def _write_atomic(path: Path, payload: dict[str, Any]) -> None:
     """Save to `<path>.tmp`, fsync, rename over `path` and fsync the folder: a crash
     leaves the old file or the new one, never half of one."""
     tmp = path.with_suffix(".pt.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, say: no half-written file is left behind
+        tmp.unlink(missing_ok=True)
+        raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
@@ -105,12 +109,20 @@ def save_replay(run_dir: Path, updates: int, replay: dict[str, Any]) -> Path:
 
 def prune_replays(run_dir: Path, keep_updates: int | None) -> None:
     """Delete every replay save but the one of the checkpoint at `keep_updates` (all of
-    them when None): only the newest checkpoint's replay is ever loaded."""
+    them when None): only the newest checkpoint's replay is ever loaded. Also the
+    temporary file of a write that a crash cut short."""
     folder = Path(run_dir) / CKPT_DIR
     keep = None if keep_updates is None else replay_name(keep_updates)
-    for path in folder.glob("replay*.pt"):
-        if is_replay_file(path.name) and path.name != keep:
+    for path in folder.glob("replay*.pt*"):
+        name = path.name.removesuffix(".tmp")
+        if is_replay_file(name) and path.name != keep:
             path.unlink(missing_ok=True)
+
+
+def discard_replay(run_dir: Path, updates: int) -> None:
+    """Delete the replay file named for `updates`: one left by a failed checkpoint or an
+    earlier timeline must never pair with a new checkpoint of the same update count."""
+    (Path(run_dir) / CKPT_DIR / replay_name(updates)).unlink(missing_ok=True)
 
 
 def load_replay(folder: Path, updates: int) -> dict[str, Any] | None:

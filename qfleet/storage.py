@@ -91,7 +91,10 @@ class RunStorage:
             return 0
         sent = 0
         present = set()
-        for path in sorted(self.local.rglob("*")):
+        # Checkpoints last: a sync cut short never leaves the mirror's newest checkpoint
+        # without the replay (or anything else) written before it.
+        for path in sorted(self.local.rglob("*"),
+                           key=lambda p: (p.name.startswith("ckpt-"), str(p))):
             if not path.is_file() or path.name.endswith(".tmp"):
                 continue
             present.add(str(path))

@@ -90,6 +90,21 @@ def test_a_nonfinite_loss_is_skipped_on_the_device():
     assert not hasattr(g_opt, "found_inf")
 
 
+def test_the_learners_graphed_path_counts_a_nonfinite_streak_and_ends_it():
+    learner = filled_learner()
+    lc = learner.config.learner
+    learner._graphed = GraphedUpdate(learner.online, learner.target, learner.optimizer,
+                                     double=True, kind="huber", grad_clip=lc.grad_clip,
+                                     capture=False)  # what `step` makes on a GPU
+    batch, keys, weights = learner.replay.sample(32)
+    bad = list(batch)
+    bad[2] = torch.full_like(batch[2], float("nan"))
+    learner._graphed_step(bad, keys, weights)
+    assert (learner.nonfinite_skipped, learner.nonfinite_streak, learner.updates) == (1, 1, 0)
+    learner._graphed_step(batch, keys, weights)
+    assert (learner.nonfinite_skipped, learner.nonfinite_streak, learner.updates) == (1, 0, 1)
+
+
 def test_a_checkpoint_of_a_graphed_learner_loads_on_a_cpu():
     """A GPU learner's graph made Adam `capturable`; the saved state says so."""
     learner = filled_learner()

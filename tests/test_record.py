@@ -131,3 +131,26 @@ def test_a_crash_between_the_replay_and_its_checkpoint_keeps_the_last_pair(
     monkeypatch.undo()  # the resumed run's next checkpoint leaves only its own replay
     record.checkpoint(checkpoint_now())
     assert sorted(p.name for p in folder.glob("replay*")) == ["replay-0000000003.pt"]
+
+
+def test_a_replay_that_cannot_be_written_costs_the_replay_not_the_checkpoint(
+        tmp_path, monkeypatch):
+    config, spec, record = make_record(tmp_path, "replay.save_with_checkpoints=true")
+    actor, learner = Actor(config, spec, 0, 1), Learner(config, spec)
+    learner.add(actor.collect(10))
+    learner.step()
+    folder = record.run_dir / "checkpoints"
+    folder.mkdir(parents=True)
+    # A replay of another timeline at the same update count (a crash, then a restart).
+    (folder / "replay-0000000001.pt").write_bytes(b"from before the crash")
+    (folder / "replay-0000000000.pt.tmp").write_bytes(b"cut short")
+
+    def full_disk(*_args, **_kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("qfleet.driver.record.save_replay", full_disk)
+    state = learner.state_dict()
+    state["replay"] = learner.replay_state()
+    record.checkpoint(state)
+    assert sorted(p.name for p in folder.iterdir()) == ["ckpt-0000000001.pt"]
+    assert load_run_state(record.run_dir)["replay"] is None

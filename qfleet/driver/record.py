@@ -17,6 +17,7 @@ from typing import Any
 
 from qfleet.checkpoint import (
     CheckpointError,
+    discard_replay,
     load_checkpoint,
     load_replay,
     prune_replays,
@@ -114,13 +115,29 @@ class RunRecord:
                          "obs_dtype": str(self.spec.obs_dtype),
                          "num_actions": self.spec.num_actions}}
         updates = int(state["counters"]["updates"])
-        if replay is not None:  # first: a crash before the checkpoint keeps the last pair
-            save_replay(self.run_dir, updates, replay)
-        path = save_checkpoint(self.run_dir, full, self.config.log.keep_checkpoints)
+        # The replay first: a crash before the checkpoint is on disk keeps the last pair.
+        saved_replay = replay is not None and self._save_replay_first(updates, replay)
+        if not saved_replay:
+            discard_replay(self.run_dir, updates)
+        try:
+            path = save_checkpoint(self.run_dir, full, self.config.log.keep_checkpoints)
+        except OSError:  # no checkpoint for it: its replay only takes room
+            discard_replay(self.run_dir, updates)
+            raise
         self.written, self.written_counters = path, Counters.from_dict(state["counters"])
-        prune_replays(self.run_dir, updates if replay is not None else None)
+        prune_replays(self.run_dir, updates if saved_replay else None)
         self.sync(force=True)
         return path
+
+    def _save_replay_first(self, updates: int, replay: dict[str, Any]) -> bool:
+        """The replay of the checkpoint about to be written; a failed write (a full disk)
+        costs the replay, not the checkpoint."""
+        try:
+            save_replay(self.run_dir, updates, replay)
+            return True
+        except OSError as err:
+            self.reporter.print(f"warning: replay not saved with the checkpoint: {err}")
+            return False
 
     def newest_checkpoint(self) -> Path | None:
         """This run's newest checkpoint, else the one it resumed from (never another run's

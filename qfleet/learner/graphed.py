@@ -44,11 +44,9 @@ class GraphedUpdate:
         device = next(online.parameters()).device
         self.skipped = torch.zeros((), device=device)
         # Fused Adam skips its step where found_inf is non-zero (what GradScaler uses);
-        # `capturable` lets its step be captured (its step counts already live on the GPU).
+        # `capturable` (set at the capture) lets its step be captured.
         optimizer.found_inf = self.skipped  # type: ignore[attr-defined]
         self._capturable = [group["capturable"] for group in optimizer.param_groups]
-        for group in optimizer.param_groups:
-            group["capturable"] = capture
         self._batch: list[torch.Tensor] | None = None
         self._weights: torch.Tensor | None = None
         self._calls = 0
@@ -101,6 +99,8 @@ class GraphedUpdate:
     def _record(self) -> None:
         """Capture one update; its gradients are allocated in the graph's own memory."""
         self.optimizer.zero_grad(set_to_none=True)
+        for group in self.optimizer.param_groups:  # only now: eager steps would warn
+            group["capturable"] = True
         graph = torch.cuda.CUDAGraph()
         # thread_local: the learner's other threads (Ray's, the stats calls) may go on.
         with torch.cuda.graph(graph, capture_error_mode="thread_local"):

@@ -187,7 +187,6 @@ class Learner:
             self.nonfinite_skipped += 1
             self.nonfinite_streak += 1
             return
-        self.nonfinite_streak = 0
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if lc.grad_clip is not None:
@@ -226,6 +225,7 @@ class Learner:
 
     def _after_update(self, loss: torch.Tensor, extras: dict[str, torch.Tensor],
                       keys: torch.Tensor) -> None:
+        self.nonfinite_streak = 0
         self.replay.update_priorities(keys, extras["td_abs"])
         self.updates += 1
         self.replay.anneal(self.updates)

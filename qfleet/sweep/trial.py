@@ -24,6 +24,7 @@ from ray.util.placement_group import get_current_placement_group
 
 from qfleet.checkpoint import (
     CKPT_DIR,
+    LEGACY_REPLAY_FILE,
     CheckpointError,
     find_checkpoint,
     is_replay_file,
@@ -162,9 +163,10 @@ class FleetTrial(tune.Trainable):
         folder = Path(checkpoint_dir) / CKPT_DIR
         folder.mkdir(parents=True, exist_ok=True)
         _link_or_copy(path, folder / path.name)
-        replay = path.parent / replay_name(counters.updates)
-        if replay.is_file():
-            _link_or_copy(replay, folder / replay.name)
+        for name in (replay_name(counters.updates), LEGACY_REPLAY_FILE):
+            replay = path.parent / name  # a load takes the legacy one only if it belongs
+            if replay.is_file():
+                _link_or_copy(replay, folder / name)
         (Path(checkpoint_dir) / ORIGIN_FILE).write_text(json.dumps({
             "from_trial": self.trial_id, "env_steps": counters.env_steps,
             "updates": counters.updates, **clocks}))
