@@ -114,7 +114,7 @@ def test_sigterm_writes_a_final_checkpoint_and_exits_143(run_dir):
 
 
 def test_the_chaos_benchmark_survives_its_kills_and_still_reaches_the_target():
-    result = qfleet("bench", "chaos", "--seconds", "90", "--kills", "2", "--json",
+    result = qfleet("bench", "chaos", "--seconds", "60", "--kills", "2", "--json",
                     timeout=400)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
