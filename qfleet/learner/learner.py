@@ -184,8 +184,7 @@ class Learner:
         if self.fault_hook is not None:
             loss = self.fault_hook(loss)
         if not torch.isfinite(loss):
-            self.nonfinite_skipped += 1
-            self.nonfinite_streak += 1
+            self._skipped_nonfinite()
             return
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -218,10 +217,15 @@ class Learner:
         if self._prefetch:
             self._prefetched = self.replay.sample(self.config.learner.batch_size)
         if bool(skipped):
-            self.nonfinite_skipped += 1
-            self.nonfinite_streak += 1
+            self._skipped_nonfinite()
             return
         self._after_update(loss, extras, keys)
+
+    def _skipped_nonfinite(self) -> None:
+        """An update skipped for a NaN/inf loss (the driver stops the run after
+        `learner.max_nonfinite` in a row; `_after_update` ends the streak)."""
+        self.nonfinite_skipped += 1
+        self.nonfinite_streak += 1
 
     def _after_update(self, loss: torch.Tensor, extras: dict[str, torch.Tensor],
                       keys: torch.Tensor) -> None:
