@@ -17,7 +17,8 @@ import os
 import threading
 import time
 import warnings
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import ray
 import torch
@@ -31,8 +32,18 @@ from qfleet.learner.learner import Learner, check_replay_fits, pick_device
 from qfleet.stats import FleetStats
 from qfleet.transitions import Chunk, Episode
 
-Reply = tuple[int, list[ray.ObjectRef], int, bool]
-"""`add`'s answer: newest weight version, [its ref], the fleet's env steps, stop."""
+
+class Reply(NamedTuple):
+    """`add`'s answer to an actor."""
+
+    version: int
+    """The newest published weights' version."""
+    weights: list[ray.ObjectRef]
+    """[their ref]: in a list, so that Ray hands the actor the ref, not the weights."""
+    env_steps: int
+    """The fleet's env steps (the linear ε schedule's clock)."""
+    stop: bool
+    """The learner is stopping: the actor ends."""
 
 SETTLE_S = 10.0
 """How long an actor told to switch learners waits for the old one's pending replies."""
@@ -116,44 +127,52 @@ class LearnerWorker:
         replay ratio (backpressure); reply with the newest weights."""
         await self.inbox.put(chunk, len(chunk.transitions))
         version, ref = self._weights
-        return version, [ref], self.learner.env_steps, self._stopping
+        return Reply(version, [ref], self.learner.env_steps, self._stopping)
 
     def _pop_stats(self) -> tuple[Any, list[Episode]]:
-        with self._lock:
-            learner = self.learner.pop_stats()
-            episodes, self._episodes = self._episodes, []
+        learner = self.learner.pop_stats()
+        episodes, self._episodes = self._episodes, []
         return learner, episodes
 
     async def stats(self) -> FleetStats:
         if self._error is not None:
             raise RuntimeError(f"learner failed: {self._error!r}") from self._error
         # Off the event loop: while the update thread holds the lock, `add` still runs.
-        learner, episodes = await asyncio.to_thread(self._pop_stats)
+        learner, episodes = await self._read(self._pop_stats)
         return FleetStats(learner, tuple(episodes), self._weights[1], len(self.inbox),
                           frozenset(self._nodes), dict(self._chunks_by_actor),
                           dict(self._pids), os.getpid())
 
+    def _locked(self, read: Callable[[], Any]) -> Any:
+        with self._lock:
+            return read()
+
+    async def _read(self, read: Callable[[], Any]) -> Any:
+        """`read()` under the learner's lock, off the event loop: a checkpoint copying a
+        GiB-sized replay must not hold up every actor's `add` and the driver's stats."""
+        return await asyncio.to_thread(self._locked, read)
+
+    def _state(self, include_replay: bool) -> dict[str, Any]:
+        state = self.learner.state_dict()
+        if include_replay:
+            state["replay"] = self.learner.replay_state()
+        return state
+
     async def state(self, include_replay: bool = False) -> dict[str, Any]:
         """Checkpoint state; with the replay taken under the same lock, so both belong to
         the same update count."""
-        with self._lock:
-            state = self.learner.state_dict()
-            if include_replay:
-                state["replay"] = self.learner.replay_state()
-            return state
+        return await self._read(lambda: self._state(include_replay))
 
     async def stop(self) -> dict[str, Any]:
         """Stop learning and tell every actor at its next send; return the final state."""
         self._stopping = True
         self.inbox.close()
         await asyncio.to_thread(self._thread.join, 10.0)
-        with self._lock:
-            return self.learner.state_dict()
+        return await self._read(self.learner.state_dict)
 
     async def replay_state(self) -> dict[str, Any] | None:
         """The replay's contents (after `stop`), for `--resume`."""
-        with self._lock:
-            return self.learner.replay_state()
+        return await self._read(self.learner.replay_state)
 
     async def replay_bytes(self) -> int:
         return self.learner.replay.nbytes()
