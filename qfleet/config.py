@@ -86,10 +86,19 @@ class ActorsConfig(_Section):
     epsilon_end: float = Field(0.05, ge=0.0, le=1.0)
     epsilon_decay_steps: int = Field(10_000, ge=1)
     """Fleet env steps over which the linear ε decays."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where each actor's acting copy of the Q-network runs. `cuda`: on a share of its
+    node's GPU (`num_gpus`), one CUDA graph per batch, so the actor's core only emulates.
+    `auto`: `cuda` when no autoscaler adds nodes and every node that can host an actor
+    has a GPU with room beside the learner (on one GPU: `learner.num_gpus` below 1), else
+    `cpu`."""
+    num_gpus: float | None = Field(None, gt=0.0, le=1.0)
+    """The GPU share each actor holds with `device: cuda` (Ray's accounting: the GPU is
+    shared in time). None: the room the learner leaves, split over the fleet."""
     inference_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Precision of the actors' acting copy of the Q-network (learning and greedy
-    evaluation stay float32). `auto`: bfloat16 for pixel networks where this CPU runs it
-    faster (measured at actor start), else float32."""
+    evaluation stay float32). `auto`: on a CPU, bfloat16 for pixel networks where it runs
+    faster (measured at actor start); else float32."""
     env_groups: int = Field(0, ge=0, le=64)
     """Batches an Atari actor's envs run in, so inference overlaps emulation; 0 = 2,
     1 = lockstep."""

@@ -77,6 +77,7 @@ class LearnerWorker:
         self._nodes: set[str] = set()
         self._chunks_by_actor: dict[int, int] = {}
         self._pids: dict[int, int] = {}
+        self._devices: dict[int, str] = {}
         self._episodes: list[Episode] = []
         self._stopping = False
         self._error: BaseException | None = None
@@ -118,6 +119,7 @@ class LearnerWorker:
             self._episodes.extend(self.learner.add(chunk))
             self._nodes.add(chunk.node)
             self._pids[chunk.actor_index] = chunk.pid
+            self._devices[chunk.actor_index] = chunk.device
             self._chunks_by_actor[chunk.actor_index] = \
                 self._chunks_by_actor.get(chunk.actor_index, 0) + 1
         self.inbox.taken(len(chunk.transitions))
@@ -141,7 +143,7 @@ class LearnerWorker:
         learner, episodes = await self._read(self._pop_stats)
         return FleetStats(learner, tuple(episodes), self._weights[1], len(self.inbox),
                           frozenset(self._nodes), dict(self._chunks_by_actor),
-                          dict(self._pids), os.getpid())
+                          dict(self._pids), os.getpid(), dict(self._devices))
 
     def _locked(self, read: Callable[[], Any]) -> Any:
         with self._lock:

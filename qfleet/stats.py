@@ -69,6 +69,8 @@ class FleetStats:
     chunks_by_actor: dict[int, int] = field(default_factory=dict)
     actor_pids: dict[int, int] = field(default_factory=dict)
     learner_pid: int = 0
+    actor_devices: dict[int, str] = field(default_factory=dict)
+    """Where each actor's acting network ran (`cpu`, `cuda`), from its chunks."""
 
     @property
     def counters(self) -> Counters:

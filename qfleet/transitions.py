@@ -71,6 +71,8 @@ class Chunk:
     """Ray node of the sending actor (the run's `actor_nodes` comes from these)."""
     pid: int = 0
     """Process of the sending actor (for `qfleet bench pipeline`'s CPU accounting)."""
+    device: str = "cpu"
+    """Where the actor's acting network ran (`cpu`, `cuda`)."""
 
 
 def uses_frame_refs(config: Any, spec: Any) -> bool:

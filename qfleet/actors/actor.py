@@ -1,4 +1,4 @@
-"""The Actor: a vector of envs, a CPU copy of the Q-network, ε-greedy, the n-step adder.
+"""The Actor: a vector of envs, an acting copy of the Q-network, ε-greedy, the n-step adder.
 
 Plain Python, no Ray: `collect()` steps the envs and returns a `Chunk`; the Ray wrapper
 (`qfleet.remote`) decides when to send it and when to swap in new weights.
@@ -6,7 +6,8 @@ Plain Python, no Ray: `collect()` steps the envs and returns a `Chunk`; the Ray 
 Atari envs run as a batched ALE vector (EnvPool-style): the emulator thread steps some
 envs while the Q-network picks the next actions of the batch that just returned, so
 inference overlaps emulation instead of adding to it, and emulation goes on while a chunk
-is being sent.
+is being sent. The acting copy runs on the actor's core or, with `actors.device: cuda`, on a
+share of its node's GPU (`actors/inference.py`), leaving the core to the emulator.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 
 from qfleet.actors.epsilon import fleet_epsilons
 from qfleet.actors.frames import FrameStreams
+from qfleet.actors.inference import GreedyActions, acting_device
 from qfleet.actors.nstep import NStepAdder
 from qfleet.config import Config
 from qfleet.envs import EnvSpec, Step, clip_rewards_default, make_vec_env
@@ -60,24 +62,28 @@ class Actor:
         self.epsilons = fleet_epsilons(a, actor_index)
         self.clip = clip_rewards_default(config.env)
         self.rng = np.random.default_rng(seed)
-        self.net = build_q_network(config.network, spec).eval()
+        self.device, self.device_note = acting_device(a.device)
+        self.net = build_q_network(config.network, spec).eval().to(self.device)
         self.net.requires_grad_(False)
         self.version = 0
         ids, obs = self.envs.start(seed)
         self._begin(ids, obs)
         self.net.cast(self._acting_dtype(spec, obs))
+        self.greedy = GreedyActions(self.net, self.device)
         self._act(ids, obs)
 
     def _acting_dtype(self, spec: EnvSpec, sample: np.ndarray) -> torch.dtype:
         chosen = self.config.actors.inference_dtype
         if chosen == "auto":
+            if self.device.type == "cuda":  # a graph replay: the dtype hardly matters
+                return torch.float32
             if len(spec.obs_shape) != 3:  # small MLPs: the casts cost more than they save
                 return torch.float32
             return faster_dtype(self.net, torch.from_numpy(sample))
         return torch.bfloat16 if chosen == "bfloat16" else torch.float32
 
     def set_weights(self, version: int, state: dict[str, torch.Tensor]) -> None:
-        self.net.load_state_dict(state)
+        self.greedy.load(state)
         self.version = version
 
     def set_fleet_step(self, fleet_step: int) -> None:
@@ -92,9 +98,7 @@ class Actor:
         actions = self.rng.integers(0, self.num_actions, size=n)
         greedy = np.flatnonzero(~explore)
         if greedy.size:
-            x = torch.from_numpy(obs if greedy.size == n else obs[greedy])
-            with torch.inference_mode():
-                actions[greedy] = self.net(x).argmax(dim=1).numpy()
+            actions[greedy] = self.greedy(obs, greedy)
         return actions
 
     def _begin(self, ids: np.ndarray, obs: np.ndarray) -> None:
@@ -148,7 +152,7 @@ class Actor:
         transitions = Transitions.concat(parts) if parts else self._empty()
         frames = self.streams.drain() if self.streams is not None else None
         return Chunk(transitions, self.index, self.version, env_steps, episodes,
-                     float(np.mean(self.epsilons)), frames)
+                     float(np.mean(self.epsilons)), frames, device=self.device.type)
 
     def _empty(self) -> Transitions:
         shape = (0, *self.held.shape[1:])

@@ -23,7 +23,12 @@ from ray.util.placement_group import PlacementGroup
 from qfleet.config import Config
 from qfleet.driver.evaluations import VIDEO_GRACE_S
 from qfleet.driver.failures import FleetFailure, describe_failure
-from qfleet.driver.placement import autoscaler_present, check_placeable, resolve_fleet
+from qfleet.driver.placement import (
+    autoscaler_present,
+    check_placeable,
+    resolve_actor_device,
+    resolve_fleet,
+)
 from qfleet.driver.record import RunRecord, StopReason, learner_state
 from qfleet.driver.scaling import Scaling
 from qfleet.driver.supervision import Supervisor
@@ -96,6 +101,7 @@ class Fleet:
         self._last_report = (time.monotonic(), self.counters)
         self._train_start = time.monotonic()
         self._terminating = False  # a SIGTERM came: finish without waiting on evaluations
+        self._cpu_actors_told: set[int] = set()  # placed on a GPU share, acting on the CPU
 
     # -- the run ---------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -120,7 +126,8 @@ class Fleet:
         if self.group is None:
             self.elastic = self.config.actors.num_actors == "auto"
             autoscaler = autoscaler_present()
-            self.config = resolve_fleet(self.config, autoscaler)
+            self.config = resolve_actor_device(resolve_fleet(self.config, autoscaler),
+                                               autoscaler)
             self.record.config = self.config
         c = self.config
         self.reporter.hyperparameters(c, self.counters.env_steps)
@@ -141,7 +148,8 @@ class Fleet:
             c = self.config
             self.reporter.print(
                 f"qfleet: {c.env.id} | learner on {self.sup.learner_device} | "
-                f"{c.actors.num_actors} actors x {c.actors.envs_per_actor} envs | "
+                f"{c.actors.num_actors} actors x {c.actors.envs_per_actor} envs"
+                f"{' acting on GPU shares' if c.actors.device == 'cuda' else ''} | "
                 f"run dir {self.record.run_dir}")
             self._train_start = now = time.monotonic()
             self._last_report = (now, self.counters)
@@ -246,6 +254,13 @@ class Fleet:
                              f"{learner.nonfinite_streak} NaN/inf losses in a row "
                              f"(learner.max_nonfinite={self.config.learner.max_nonfinite}); the "
                              "final checkpoint holds the last good weights")
+        if self.config.actors.device == "cuda":
+            on_cpu = {i for i, d in stats.actor_devices.items() if d != "cuda"}
+            if on_cpu - self._cpu_actors_told:
+                self.reporter.print(
+                    f"warning: actor(s) {', '.join(map(str, sorted(on_cpu)))} act on the CPU:"
+                    " torch in their process sees no GPU (actors.device: cuda)")
+                self._cpu_actors_told |= on_cpu
         first = stats.counters.episodes - len(stats.episodes) + 1
         self.reporter.episodes(list(stats.episodes), first, stats.counters.env_steps)
 

@@ -123,8 +123,12 @@ def standing_request() -> list[dict[str, float]]:
 
 
 def actor_bundle(config: Config) -> dict[str, float]:
-    """The resources one actor holds."""
-    return {"CPU": config.actors.num_cpus, **config.actors.resources}
+    """The resources one actor holds (a GPU share once `resolve_actor_device` gave one)."""
+    a = config.actors
+    bundle = {"CPU": a.num_cpus, **a.resources}
+    if a.device == "cuda" and a.num_gpus:
+        bundle["GPU"] = a.num_gpus
+    return bundle
 
 
 def learner_bundle(config: Config) -> dict[str, float]:
@@ -174,6 +178,53 @@ def resolve_fleet(config: Config, autoscaling: bool) -> Config:
     return config.model_copy(update={"actors": actors})
 
 
+def gpu_share(rooms: Sequence[float], actors: int) -> float | None:
+    """The largest share 1/k of a GPU such that `actors` shares fit in GPUs with `rooms`
+    free (Ray places a fractional share within one GPU); None when they do not fit."""
+    if actors < 1 or sum(rooms) <= 0:
+        return None
+    for k in range(1, 10_000):
+        if sum(math.floor(r * k + 1e-6) for r in rooms) >= actors:
+            return 1.0 / k
+    return None
+
+
+def resolve_actor_device(config: Config, autoscaling: bool) -> Config:
+    """Fix `actors.device` to `cpu` or `cuda` and each actor's GPU share: `auto` takes the
+    GPU when no autoscaler adds nodes and every node that can host an actor has a GPU with
+    room beside the learner; `cuda` where none has is refused (`LearnerError`, exit 2)."""
+    a = config.actors
+    if a.device == "cpu":
+        return config
+    rooms: list[float] = []
+    everywhere = not autoscaling
+    learner = learner_bundle(config)
+    learner_gpu = learner.get("GPU", 0.0)
+    for node in (dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")):
+        hosts_actors = bundles_in(node, {"CPU": a.num_cpus, **a.resources}) >= 1
+        gpus = math.floor(node.get("GPU", 0.0) + 1e-6)
+        if hosts_actors and gpus < 1:
+            everywhere = False
+        room = [1.0] * gpus
+        if learner_gpu and room and bundles_in(node, learner) >= 1:  # the learner's node
+            whole, part = divmod(learner_gpu, 1.0)
+            room = room[int(whole):]
+            if part and room:
+                room[0] -= part
+            learner_gpu = 0.0
+        if hosts_actors:
+            rooms += room
+    share = a.num_gpus or gpu_share(rooms, a.fleet_size)
+    if a.device == "auto" and not (everywhere and share):
+        return config.model_copy(update={"actors": a.model_copy(update={"device": "cpu"})})
+    if a.device == "cuda" and not share and not autoscaling:
+        raise LearnerError("actors.device: cuda requested but no node that hosts actors has "
+                           "a GPU with room beside the learner (learner.num_gpus below 1, or "
+                           "actors.device=cpu)")
+    actors = a.model_copy(update={"device": "cuda", "num_gpus": share})
+    return config.model_copy(update={"actors": actors})
+
+
 def check_placeable(config: Config, autoscaling: bool) -> None:
     """Refuse what no node of the cluster can ever host (LearnerError: exit code 2). With an
     autoscaler, a node type the cluster has none of yet may host it: the wait for it is
@@ -217,10 +268,14 @@ def learner_options(config: Config) -> dict[str, Any]:
 
 
 def actor_options(config: Config) -> dict[str, Any]:
-    """Spread over the nodes with free CPUs (and the config's labels, if any)."""
-    opts: dict[str, Any] = {"num_cpus": config.actors.num_cpus, "scheduling_strategy": "SPREAD"}
-    if config.actors.resources:
-        opts["resources"] = dict(config.actors.resources)
+    """Spread over the nodes with free CPUs (and the config's labels, and GPU share, if
+    any)."""
+    a = config.actors
+    opts: dict[str, Any] = {"num_cpus": a.num_cpus, "scheduling_strategy": "SPREAD"}
+    if a.device == "cuda" and a.num_gpus:
+        opts["num_gpus"] = a.num_gpus
+    if a.resources:
+        opts["resources"] = dict(a.resources)
     return opts
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from qfleet.config import Config
+from qfleet.devices import cuda_missing_reason
 from qfleet.envs import EnvSpec
 from qfleet.learner.graphed import GraphedUpdate
 from qfleet.learner.loss import dqn_loss
@@ -35,19 +36,6 @@ def pick_device(wanted: str) -> torch.device:
     if wanted == "auto":
         wanted = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(wanted)
-
-
-def cuda_missing_reason() -> str:
-    """Why torch sees no GPU, in one clause: a CPU build, or torch's own warning (a driver
-    too old for its CUDA, none at all)."""
-    if torch.version.cuda is None:
-        return f"torch {torch.__version__} is a CPU build"
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.is_available()
-    said = next((str(w.message).strip().splitlines()[0] for w in caught), "")
-    return (f"torch {torch.__version__} for CUDA {torch.version.cuda}"
-            + (f": {said}" if said else "; no NVIDIA device or driver found"))
 
 
 def check_replay_fits(config: Config, spec: EnvSpec, device: torch.device) -> None:
