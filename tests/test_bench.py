@@ -2,10 +2,11 @@
 except the replay's memory bound, which is exact arithmetic on allocated tensors)."""
 
 import json
+import shutil
 
 import pytest
 
-from tests.conftest import assert_one_line_error, qfleet
+from tests.conftest import CONFIGS, assert_one_line_error, qfleet
 
 
 def last_json(result):
@@ -34,10 +35,37 @@ def test_benchmarks_report_figure_and_limit(which, keys):
     assert len(result.stdout.strip().splitlines()) >= 2  # human lines before the JSON
 
 
+def test_fleet_measures_the_real_fleet_against_the_bare_envs():
+    """`bench fleet` on cartpole.yaml (1 actor, replay ratio 4, 2 cores): the driver's own
+    fleet, a window of its stats, then the bare env on the actor's CPU."""
+    result = qfleet("bench", "fleet", "--config", CONFIGS / "cartpole.yaml", "--seconds", "4",
+                    "--bare-seconds", "2", "--json", timeout=300)
+    report = last_json(result)
+    assert report["bench"] == "fleet" and report["actors"] == 1 == report["actor_nodes"]
+    assert report["actors_acting_on"] == ["cpu"] and report["learner_device"] == "cpu"
+    assert report["window_s"] >= 3.5
+    # The learner throttles the actor to the config's ratio; the figures agree.
+    assert report["replay_ratio_setting"] == 4.0
+    assert report["replay_ratio_held"] == pytest.approx(4.0, rel=0.2)
+    assert report["trained_samples_per_s"] == pytest.approx(128 * report["updates_per_s"])
+    assert 0.01 < report["env_steps_ratio"] < 1.5
+    assert report["env_steps_ratio"] == pytest.approx(
+        report["env_steps_per_s"] / report["bare_env_steps_per_s_per_actor"])
+    assert report["policy_lag_median"] is not None and report["policy_lag_median"] >= 0
+    roles = report["host_uss_mib_by_role"]
+    assert {"driver", "learner", "actor"} <= set(roles) and report["host_uss_mib"] > 100
+    if shutil.which("nvidia-smi") is None:
+        assert report["gpu_busy_fraction"] is None
+    assert "learner_alone_updates_per_s" not in report  # CartPole: no Atari learner bench
+
+
 def test_unknown_benchmark_and_options_a_benchmark_does_not_take():
     assert_one_line_error(qfleet("bench", "gpu"), "No such command 'gpu'")
     assert_one_line_error(qfleet("bench", "learner", "--actors", "3"), "--actors")
     assert_one_line_error(qfleet("bench", "learner", "--device", "tpu"), "'--device'")
+    assert_one_line_error(qfleet("bench", "fleet", "--config", "nowhere.yaml"), "nowhere.yaml")
+    assert_one_line_error(qfleet("bench", "fleet", "--config", CONFIGS / "cartpole.yaml",
+                                 "actors.device=tpu"), "actors.device")
 
 
 def test_learning_curves_of_qfleet_and_sb3_on_one_budget(tmp_path):

@@ -98,6 +98,34 @@ def pipeline(seconds: Seconds = 9.0,
 
 
 @app.command()
+def fleet(
+    config: Annotated[str, typer.Option(help="qfleet config of the fleet to run, e.g. "
+                                             "configs/atari-1gpu.yaml.")],
+    seconds: Annotated[float, typer.Option(min=1.0, help="Measuring window, once every "
+                                                        "actor streams.")] = 30.0,
+    bare_seconds: Annotated[float, typer.Option(
+        min=0.5, help="Measuring time of the bare envs, one per actor, all at once.")] = 10.0,
+    learner_alone: Annotated[bool | None, typer.Option(
+        "--learner-alone/--no-learner-alone",
+        help="Then `bench learner` at the same batch (default: for Atari envs).")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(
+        help="Overrides of the config, e.g. actors.device=cpu.")] = None,
+    as_json: AsJson = False,
+) -> None:
+    """The whole fleet of a config on this machine: env steps/s against the bare envs,
+    learner updates/s, replay ratio, policy lag, GPU busy, memory."""
+    from qfleet.checkpoint import CheckpointError
+    from qfleet.config import ConfigError
+
+    try:
+        _report("fleet", seconds, config, overrides or [], bare_seconds=bare_seconds,
+                learner_alone=learner_alone, as_json=as_json)
+    except (ConfigError, CheckpointError) as err:
+        print(f"qfleet: error: {err}", file=sys.stderr)
+        raise typer.Exit(2) from None
+
+
+@app.command()
 def soak(seconds: Seconds = 660.0, as_json: AsJson = False) -> None:
     """Memory of every process of a real spaceinvaders-cpu run: flat once the replay is full."""
     _report("soak", seconds, as_json=as_json)

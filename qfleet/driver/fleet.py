@@ -369,8 +369,8 @@ class Fleet:
         assert self.sup is not None and self.record.stopped_by is not None
         sup, record = self.sup, self.record
         # A sweep trial's end: Ray Tune kills it 10 s after asking, so no replay save and
-        # no wait for a video.
-        hurried = record.stopped_by is StopReason.SWEEP
+        # no wait for a video; nor after a benchmark's window.
+        hurried = record.stopped_by in (StopReason.SWEEP, StopReason.MEASURED)
         final = sup.stop_learner()
         if final is not None:
             network = final["network"]

@@ -52,6 +52,8 @@ class StopReason(StrEnum):
     SWEEP = "sweep"
     """A sweep trial ended by its sweep: stopped early by the scheduler, restarted by PBT
     from another trial's checkpoint, or the sweep interrupted."""
+    MEASURED = "measured"
+    """A benchmark's measuring window ended (`qfleet bench fleet`)."""
     ERROR = "error"
     """An error of the driver itself; its traceback goes to `error.log` in the run dir."""
 
@@ -67,7 +69,8 @@ class StopReason(StrEnum):
 
 
 _EXIT_CODES = {StopReason.TARGET_RETURN: 0, StopReason.ENV_STEPS: 0, StopReason.TIME: 0,
-               StopReason.SWEEP: 0, StopReason.INTERRUPTED: 130, StopReason.TERMINATED: 143}
+               StopReason.SWEEP: 0, StopReason.MEASURED: 0, StopReason.INTERRUPTED: 130,
+               StopReason.TERMINATED: 143}
 
 
 def learner_state(saved: dict[str, Any], counters: dict[str, int],
