@@ -59,6 +59,22 @@ def test_fleet_measures_the_real_fleet_against_the_bare_envs():
     assert "learner_alone_updates_per_s" not in report  # CartPole: no Atari learner bench
 
 
+def test_inference_compares_acting_per_actor_with_a_central_server():
+    report = last_json(qfleet("bench", "inference", "--seconds", "2", "--actors", "2",
+                              "--json", timeout=300))
+    assert report["device"] == "cpu" and report["clients"] == 2
+    for design in ("per_actor", "central"):
+        r = report[design]
+        # Each call is one batch of 8 Nature-CNN forwards: milliseconds, not micro or whole
+        # seconds; the calls of 2 clients over the window agree with their latency.
+        assert 0.05 < r["latency_ms_median"] < 2000, r
+        assert r["calls_per_s"] <= 2 * 1e3 / r["latency_ms_median"] * 1.5, r
+    assert 1.0 <= report["central"]["requests_per_server_batch"] <= 2.0
+    ratio = report["per_actor"]["calls_per_s"] / report["central"]["calls_per_s"]
+    assert report["per_actor_over_central"] == pytest.approx(ratio)
+    assert report["winner"] == ("per_actor" if ratio >= 1 else "central")
+
+
 def test_unknown_benchmark_and_options_a_benchmark_does_not_take():
     assert_one_line_error(qfleet("bench", "gpu"), "No such command 'gpu'")
     assert_one_line_error(qfleet("bench", "learner", "--actors", "3"), "--actors")

@@ -69,6 +69,19 @@ def learner(seconds: Seconds = 9.0,
 
 
 @app.command()
+def inference(seconds: Seconds = 12.0,
+              actors: Annotated[int, typer.Option(min=1, help="Actor processes.")] = 2,
+              batch: Annotated[int, typer.Option(min=1, help="Observations per batch "
+                                                             "(an actor's env group).")] = 8,
+              device: Annotated[str, typer.Option(help="auto, cpu or cuda.",
+                                                  callback=_device)] = "auto",
+              as_json: AsJson = False) -> None:
+    """Acting network per actor (qfleet) vs one central inference server (SEED RL)."""
+    _report("inference", seconds, clients=actors, batch=batch, device=device,
+            as_json=as_json)
+
+
+@app.command()
 def replay(seconds: Seconds = 9.0,
            device: Annotated[str, typer.Option(help="cpu or cuda.",
                                                callback=_device)] = "cpu",
