@@ -85,14 +85,17 @@ def test_unknown_benchmark_and_options_a_benchmark_does_not_take():
 
 
 def test_learning_curves_of_qfleet_and_sb3_on_one_budget(tmp_path):
-    """`bench learning --against sb3`: both run for real on the same budget and each
-    reports a curve of greedy evaluations (the figures are the benchmark's, not asserted)."""
+    """`bench learning --against sb3 --beside`: both run for real on the same budget, at
+    the same time on cores of their own, and each reports a curve of greedy evaluations
+    (the figures are the benchmark's, not asserted)."""
     picture = tmp_path / "curve.png"
-    result = qfleet("bench", "learning", "--env", "CartPole-v1", "--seconds", "20",
-                    "--points", "3", "--episodes", "2", "--against", "sb3", "--plot", picture,
-                    "--first-seed", "3", "actors.num_actors=1", "--json", timeout=400)
+    result = qfleet("bench", "learning", "--env", "CartPole-v1", "--seconds", "45",
+                    "--points", "4", "--episodes", "2", "--against", "sb3", "--plot", picture,
+                    "--first-seed", "3", "--beside", "actors.num_actors=1", "--json",
+                    timeout=400)
     report = last_json(result)
     assert report["first_seed"] == 3 and "qfleet seed 3:" in result.stdout
+    assert report["beside"] is True
     for name in ("qfleet", "sb3"):
         (run,) = report["runs"][name]
         assert run["curve"] and run["env_steps"] > 0, report

@@ -186,6 +186,9 @@ def learning(
     points: Annotated[int, typer.Option(min=1, help="Evaluations along the budget.")] = 8,
     episodes: Annotated[int, typer.Option(min=1, help="Episodes per evaluation.")] = 16,
     plot: Annotated[str | None, typer.Option(help="Write the curves as a PNG.")] = None,
+    beside: Annotated[bool, typer.Option(
+        help="With --against sb3: SB3 runs at the same time as qfleet, on one core set "
+             "aside for it.")] = False,
     overrides: Annotated[list[str] | None, typer.Argument(
         help="Overrides of the qfleet config, e.g. learner.replay_ratio=8.")] = None,
     as_json: AsJson = False,
@@ -196,7 +199,8 @@ def learning(
     try:
         _report("learning", seconds, env_id=env_id, config=config, against=against,
                 seeds=seeds, first_seed=first_seed, target=target, points=points,
-                episodes=episodes, overrides=overrides or [], plot=plot, as_json=as_json)
+                episodes=episodes, overrides=overrides or [], plot=plot, beside=beside,
+                as_json=as_json)
     except ConfigError as err:
         print(f"qfleet: error: {err}", file=sys.stderr)
         raise typer.Exit(2) from None

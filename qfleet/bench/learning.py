@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +42,9 @@ def run(seconds: float, env_id: str, config: str | None = None,
         against: str | None = None, seeds: int = 1, first_seed: int = 0,
         target: float | None = None,
         points: int = 8, episodes: int = 16, overrides: list[str] | None = None,
-        plot: str | None = None) -> dict[str, Any]:
+        plot: str | None = None, beside: bool = False) -> dict[str, Any]:
+    """`beside`: each seed's SB3 run goes at the same time as qfleet's, on one core set
+    aside for it (SB3 is one process), qfleet on the others."""
     path = Path(config) if config else default_config(env_id)
     overrides = [f"env.id={env_id}", *(overrides or [])]
     cfg = load_config(path, overrides)  # bad input is refused before anything runs
@@ -63,7 +67,22 @@ def run(seconds: float, env_id: str, config: str | None = None,
             raise ConfigError(f"--against sb3: {err}") from None
     if plot:
         _check_plot(plot)
-    for seed in range(first_seed, first_seed + seeds):
+    if beside and not against:
+        raise ConfigError("--beside: runs SB3 beside qfleet; give --against sb3")
+    if beside:
+        cores = sorted(os.sched_getaffinity(0))
+        if len(cores) < 2:
+            raise ConfigError("--beside: needs 2 cores or more (one for SB3), this process "
+                              "has 1")
+        ours, theirs = set(cores[:-1]), {cores[-1]}
+        for seed in range(first_seed, first_seed + seeds):
+            with ThreadPoolExecutor(1) as pool:
+                sb3 = pool.submit(_sb3, cfg, seed, seconds, target, every, episodes,
+                                  cores=theirs)
+                runs["qfleet"].append(_qfleet(path, [*overrides, f"env.seed={seed}",
+                                                     *eval_args], seconds, target, cores=ours))
+                runs["sb3"].append(sb3.result())
+    for seed in range(first_seed, first_seed + seeds) if not beside else ():
         # Alternate who goes first, so that any drift of the machine favours neither.
         for name in ("qfleet", "sb3") if seed % 2 == 0 else ("sb3", "qfleet"):
             if name == "qfleet":
@@ -72,7 +91,7 @@ def run(seconds: float, env_id: str, config: str | None = None,
             elif against:
                 runs[name].append(_sb3(cfg, seed, seconds, target, every, episodes))
     result = {"env_id": env_id, "seconds": seconds, "target": target, "seeds": seeds,
-              "first_seed": first_seed,
+              "first_seed": first_seed, "beside": beside,
               "episodes": episodes, "protocol": cfg.eval.protocol if is_atari(env_id) else None,
               "epsilon": cfg.eval.epsilon, "config": str(path), "overrides": overrides,
               "runs": runs, "summary": {name: _summarize(r, target) for name, r in runs.items()}}
@@ -88,8 +107,13 @@ def run(seconds: float, env_id: str, config: str | None = None,
     return result
 
 
+def _pinned(cores: set[int] | None) -> Any:
+    """A subprocess's start hook that pins it (and all it starts) to `cores`."""
+    return None if cores is None else (lambda: os.sched_setaffinity(0, cores))
+
+
 def _qfleet(config: Path, overrides: list[str], seconds: float,
-            target: float | None) -> dict[str, Any]:
+            target: float | None, cores: set[int] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="qfleet-bench-learning-") as tmp:
         run_dir = Path(tmp) / "run"
         stop = [f"stop.time_s={seconds:g}",
@@ -97,7 +121,7 @@ def _qfleet(config: Path, overrides: list[str], seconds: float,
         started = time.time()
         proc = subprocess.run([sys.executable, "-m", "qfleet.cli", "train", str(config),
                                *overrides, *stop, "--run-dir", str(run_dir)],
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, preexec_fn=_pinned(cores))
         wall = time.time() - started
         if proc.returncode != 0:
             raise RuntimeError(f"qfleet train failed (exit {proc.returncode}): "
@@ -113,7 +137,7 @@ def _qfleet(config: Path, overrides: list[str], seconds: float,
 
 
 def _sb3(cfg: Any, seed: int, seconds: float, target: float | None, every: float,
-         episodes: int) -> dict[str, Any]:
+         episodes: int, cores: set[int] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="qfleet-bench-sb3-") as tmp:
         spec, out = Path(tmp) / "spec.json", Path(tmp) / "out.json"
         started = time.time()
@@ -123,7 +147,8 @@ def _sb3(cfg: Any, seed: int, seconds: float, target: float | None, every: float
             "episodes": episodes, "epsilon": cfg.eval.epsilon, "protocol": cfg.eval.protocol,
             "max_steps": cfg.eval.max_episode_steps}))
         proc = subprocess.run([sys.executable, "-m", "qfleet.bench.sb3_dqn", str(spec),
-                               str(out)], capture_output=True, text=True)
+                               str(out)], capture_output=True, text=True,
+                              preexec_fn=_pinned(cores))
         wall = time.time() - started
         if proc.returncode != 0:
             raise RuntimeError(f"the SB3 run failed (exit {proc.returncode}): "

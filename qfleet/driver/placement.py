@@ -62,9 +62,18 @@ def _init(address: str | None, cpus_needed: float, runtime_env: dict[str, Any] |
     # A local Ray schedules by logical CPUs; actors mostly wait on envs and the learner, so
     # the fleet may ask for more logical CPUs than the machine has cores.
     # address="local": a new embedded Ray even when a `ray start` cluster runs here too.
-    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(cpus_needed)),
+    ray.init(address="local", num_cpus=max(usable_cpus(), math.ceil(cpus_needed)),
              include_dashboard=False, logging_level="WARNING", log_to_driver=False,
              runtime_env=runtime_env)
+
+
+def usable_cpus() -> int:
+    """The cores this process may run on (a cpuset or `taskset` may allow fewer than the
+    machine has): a local Ray's CPUs, so an `auto` fleet takes no core it cannot use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def shipping(modules: Sequence[Path]) -> dict[str, Any] | None:
