@@ -99,3 +99,24 @@ def test_a_fleet_on_gpu_shares_without_a_usable_gpu_falls_back_and_learns(gpu_ra
     assert "1 actors x 16 envs acting on GPU shares" in out
     assert out.count("act on the CPU: torch in their process sees no GPU") == 1
     assert summary["stopped_by"] == "target_return", out[-2000:]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_captured_graphs_pick_the_eager_actions_on_a_gpu():
+    """On a GPU: the graph replays (after warm-up and capture) give the eager GPU path's
+    actions, also after new weights are loaded into the captured network."""
+    config = load_config(None, [*ATARI, "network.dueling=true"])
+    spec = env_spec(config.env)
+    torch.manual_seed(0)
+    cuda = torch.device("cuda")
+    net = build_q_network(config.network, spec).eval().requires_grad_(False).to(cuda)
+    graphed = GreedyActions(net, cuda)
+    eager = GreedyActions(net, cuda, capture=False)
+    rng = np.random.default_rng(0)
+    for step in range(12):
+        obs = rng.integers(0, 256, (8, *spec.obs_shape), dtype=np.uint8)
+        rows = np.arange(8)
+        assert np.array_equal(graphed(obs, rows), eager(obs, rows)), step
+        if step == 6:
+            graphed.load({k: v + 0.05 * torch.randn_like(v) for k, v in net.state_dict().items()})
+    assert graphed._graphs[(8, *spec.obs_shape)].graph is not None

@@ -28,7 +28,8 @@ import psutil
 from qfleet.bench.common import role
 
 SETTLE_S = 3.0
-"""Seconds after every actor streams and the learner updates before the window opens."""
+"""Seconds after every actor streams and the learner updates (caught up with the warm-up's
+transitions, with a replay ratio) before the window opens."""
 START_TIMEOUT_S = 600.0
 
 
@@ -167,11 +168,18 @@ def run(seconds: float, config: str, overrides: list[str] | None = None,
         cfg = fleet.config  # the fleet's size and devices, resolved
         actors = int(cfg.actors.num_actors)
 
+        lc = cfg.learner
+
         def streaming() -> bool:
+            """Every actor sent chunks and the learner updates; with a replay ratio, it
+            also caught up with the warm-up's transitions (the actors wait until then)."""
             if not samples:
                 return False
             stats = samples[-1][1]
-            return (len(stats.chunks_by_actor) >= actors and stats.counters.updates > 0)
+            c = stats.counters
+            caught_up = (lc.replay_ratio is None or
+                         c.updates * lc.batch_size >= 0.8 * lc.replay_ratio * c.transitions)
+            return len(stats.chunks_by_actor) >= actors and c.updates > 0 and caught_up
 
         deadline = time.monotonic() + START_TIMEOUT_S
         fleet.advance(until=lambda: streaming() or time.monotonic() > deadline)
