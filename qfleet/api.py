@@ -68,7 +68,7 @@ def build_network(config: Config, spec: Any) -> Any:
     from qfleet.networks import build_q_network
 
     try:
-        return build_q_network(config.network, spec)
+        return build_q_network(config, spec)
     except ValueError as err:
         raise ConfigError(str(err)) from None
 
@@ -238,14 +238,19 @@ def default_sweep_dir(config: Config) -> Path:
 # -- evaluate and act ----------------------------------------------------------------------------
 class Policy:
     """A trained Q-network for acting outside qfleet: batches of observations in (as the
-    run's env gives them, preprocessing done), numpy out, on the CPU."""
+    run's env gives them, preprocessing done), numpy out, on the CPU. Q-values are expected
+    values under a distributional head; a noisy network answers on its mean path, so the
+    same observations always get the same answer."""
 
     def __init__(self, config: Config, spec: Any, net: Any, checkpoint: Path) -> None:
         """`net`: the config's Q-network with the checkpoint's weights loaded."""
         import torch
 
+        from qfleet.networks import set_noise
+
         self.config, self.spec, self.checkpoint = config, spec, checkpoint
         self.net = net.eval().requires_grad_(False)
+        set_noise(self.net, False)
         self.num_actions: int = spec.num_actions
         self.obs_shape: tuple[int, ...] = tuple(spec.obs_shape)
         self._torch = torch

@@ -57,6 +57,12 @@ class NetworkConfig(_Section):
     """`auto`: Nature CNN for image observations, MLP otherwise."""
     hidden: tuple[int, ...] = (64, 64)
     dueling: bool = False
+    noisy: bool = False
+    """Noisy nets (Fortunato et al. 2018): the head's linear layers factorised-Gaussian
+    noisy, redrawn by the actors every vector step and by the learner every update;
+    exploration without ε (`actors.epsilon: none`), or beside it."""
+    noisy_sigma0: float = Field(0.5, gt=0.0)
+    """σ₀ of the noisy layers' initial noise scale σ = σ₀/√fan-in."""
 
     @model_validator(mode="after")
     def _check_hidden(self) -> NetworkConfig:
@@ -78,8 +84,9 @@ class ActorsConfig(_Section):
     resources: dict[str, float] = {}
     """Extra Ray resources each actor needs, e.g. a custom `{actor_node: 1}` label."""
     envs_per_actor: int = Field(8, ge=1, le=1024)
-    epsilon: Literal["apex", "linear"] = "apex"
-    """`apex`: fixed ε_i = ε^(1+α·i/(N−1)) over all N envs of the fleet; `linear`: decays."""
+    epsilon: Literal["apex", "linear", "none"] = "apex"
+    """`apex`: fixed ε_i = ε^(1+α·i/(N−1)) over all N envs of the fleet; `linear`: decays;
+    `none`: greedy (with `network.noisy`, the noise explores)."""
     apex_epsilon: float = Field(0.4, gt=0.0, le=1.0)
     apex_alpha: float = Field(7.0, ge=0.0)
     epsilon_start: float = Field(1.0, ge=0.0, le=1.0)
@@ -140,6 +147,18 @@ class LearnerConfig(_Section):
     gamma: float = Field(0.99, ge=0.0, le=1.0)
     n_step: int = Field(1, ge=1, le=100)
     loss: Literal["mse", "huber"] = "mse"
+    """Of the expected-value TD error (a distributional learner has its own loss)."""
+    distribution: Literal["none", "c51", "qr"] = "none"
+    """The value head: `none`, the expected Q; `c51` (Bellemare et al. 2017), a categorical
+    distribution on `atoms` fixed points of [`v_min`, `v_max`], the n-step target
+    projected onto them, cross-entropy loss (and priority); `qr` (Dabney et al. 2018),
+    `atoms` quantiles, quantile Huber loss (κ = 1)."""
+    atoms: int = Field(51, ge=2, le=1024)
+    """Support points (`c51`) or quantiles (`qr`)."""
+    v_min: float = -10.0
+    """`c51`: the support's lowest return (returns are clipped rewards for Atari)."""
+    v_max: float = 10.0
+    """`c51`: the support's highest return."""
     double_dqn: bool = False
     target_update: Literal["none", "hard", "polyak"] = "hard"
     """`none`: bootstrap from the online network (the course's barebone DQN)."""
@@ -245,6 +264,9 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
+        if self.learner.distribution == "c51" and self.learner.v_min >= self.learner.v_max:
+            raise ValueError(f"learner.v_min ({self.learner.v_min:g}) must be below "
+                             f"learner.v_max ({self.learner.v_max:g})")
         if self.replay.kind != "none" and self.replay.min_size > self.replay.capacity:
             raise ValueError(
                 f"replay.min_size ({self.replay.min_size}) exceeds replay.capacity "

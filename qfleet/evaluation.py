@@ -33,7 +33,7 @@ from qfleet.envs import (
     is_atari,
     make_vec_env,
 )
-from qfleet.networks import build_q_network
+from qfleet.networks import build_q_network, resample_noise
 from qfleet.transitions import Episode
 from qfleet.video import GIF_MAX_FRAMES, Mp4Writer, gif
 
@@ -55,6 +55,29 @@ def evaluation_env(config: Config) -> EnvConfig:
 def protocol_name(config: Config) -> str | None:
     """The protocol a score was measured under (None: not an Atari env)."""
     return config.eval.protocol if is_atari(config.env.id) else None
+
+
+def training_protocol(config: Config) -> str | None:
+    """The emulator settings an Atari agent trained under, by name where they are one:
+    `atari100k` (Kaiser et al. 2020: no sticky actions, up to 30 no-ops, a life loss ends
+    a training episode, 27,000-step episodes), `sticky` (Machado et al. 2018), `noop30`;
+    else the settings spelled out. None off Atari."""
+    env = config.env
+    if not is_atari(env.id):
+        return None
+    sticky = env.sticky_actions
+    if sticky is None:
+        sticky = 0.25 if env.id.endswith("-v5") else 0.0
+    if (sticky == 0.0 and env.noop_max == 30 and env.episodic_life
+            and env.max_episode_steps == 27_000):
+        return "atari100k"
+    if not env.episodic_life:
+        for name, settings in PROTOCOLS.items():
+            if (sticky, env.noop_max) == (settings["sticky_actions"], settings["noop_max"]):
+                return name
+    return (f"sticky_actions={sticky:g}, noop_max={env.noop_max}, "
+            f"life_loss_ends_episode={env.episodic_life}, "
+            f"max_episode_steps={env.max_episode_steps}")
 
 
 @dataclass(frozen=True)
@@ -114,12 +137,14 @@ class Evaluator:
         self.config, self.spec = config, spec
         self.env = evaluation_env(config)
         self.max_steps = config.eval.max_episode_steps
-        self.net = build_q_network(config.network, spec).eval().requires_grad_(False)
+        self.net = build_q_network(config, spec).eval().requires_grad_(False)
         self._seed = seed
         self._rng = np.random.default_rng(seed)
 
     def _act(self, obs: np.ndarray, epsilon: float) -> np.ndarray:
         with torch.inference_mode():
+            if self.net.noisy:  # Rainbow evaluates the noisy network, ε on top
+                resample_noise(self.net)
             greedy = self.net(torch.from_numpy(obs)).argmax(dim=1).numpy()
         return explore(greedy, epsilon, self.spec.num_actions, self._rng)
 

@@ -1,20 +1,83 @@
-"""Q-networks: the course's MLP, the Nature CNN for pixels, and an optional dueling head.
+"""Q-networks: the course's MLP, the Nature CNN for pixels, an optional dueling head, and
+Rainbow's parts: a distributional head (C51's categorical or QR-DQN's quantiles) and
+noisy linear layers for exploration.
 
-Pixel observations arrive as uint8 and are scaled inside `forward`, so they travel and are
-stored at a quarter of the float size.
+Every network's `forward` returns Q-values (the expected value under a distributional
+head), so acting, evaluation and `Policy.q_values` read any of them alike; the loss asks
+`distribution(obs)` for the per-atom output. Pixel observations arrive as uint8 and are
+scaled inside `forward`, so they travel and are stored at a quarter of the float size.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from qfleet.config import NetworkConfig
+from qfleet.config import Config
 from qfleet.envs import EnvSpec
+
+
+class NoisyLinear(nn.Module):
+    """Fortunato et al. 2018, factorised Gaussian: w = μ_w + σ_w ⊙ f(ε_out) f(ε_in)ᵀ,
+    b = μ_b + σ_b ⊙ f(ε_out), f(x) = sign(x)·√|x|; μ ~ U(±1/√in), σ = σ₀/√in.
+
+    The noise lives in buffers that `resample()` redraws in place (also inside a CUDA
+    graph, whose RNG is graph-safe); they are not saved: weights travel without them.
+    With `noisy = False` the layer is its mean path.
+    """
+
+    def __init__(self, in_features: int, out_features: int, sigma0: float = 0.5) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        bound = 1.0 / math.sqrt(in_features)
+        self.weight_mu = nn.Parameter(torch.empty(out_features, in_features).uniform_(-bound,
+                                                                                       bound))
+        self.weight_sigma = nn.Parameter(torch.full((out_features, in_features),
+                                                    sigma0 * bound))
+        self.bias_mu = nn.Parameter(torch.empty(out_features).uniform_(-bound, bound))
+        self.bias_sigma = nn.Parameter(torch.full((out_features,), sigma0 * bound))
+        self.register_buffer("eps_in", torch.zeros(in_features), persistent=False)
+        self.register_buffer("eps_out", torch.zeros(out_features), persistent=False)
+        self.noisy = True
+        self.resample()
+
+    @staticmethod
+    def _scaled(x: torch.Tensor) -> torch.Tensor:
+        return x.sign() * x.abs().sqrt()
+
+    def resample(self) -> None:
+        with torch.no_grad():
+            self.eps_in.copy_(self._scaled(torch.randn_like(self.eps_in)))
+            self.eps_out.copy_(self._scaled(torch.randn_like(self.eps_out)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.noisy:
+            return F.linear(x, self.weight_mu, self.bias_mu)
+        weight = self.weight_mu + self.weight_sigma * torch.outer(self.eps_out, self.eps_in)
+        bias = self.bias_mu + self.bias_sigma * self.eps_out
+        return F.linear(x, weight, bias)
+
+
+def resample_noise(net: nn.Module) -> None:
+    """New noise in every noisy layer of `net` (actors: every vector step; the learner:
+    every update, online and target networks)."""
+    for layer in net.modules():
+        if isinstance(layer, NoisyLinear):
+            layer.resample()
+
+
+def set_noise(net: nn.Module, on: bool) -> None:
+    """Noise on, or every noisy layer on its mean path."""
+    for layer in net.modules():
+        if isinstance(layer, NoisyLinear):
+            layer.noisy = on
 
 
 def mlp_torso(in_features: int, hidden: tuple[int, ...]) -> tuple[nn.Module, int]:
@@ -39,25 +102,39 @@ def nature_cnn_torso(in_channels: int) -> tuple[nn.Module, int]:
 
 
 class DuelingHead(nn.Module):
-    """Wang et al. 2016: Q = V + A − mean(A), so the value is learned from every action."""
+    """Wang et al. 2016: Q = V + A − mean(A), so the value is learned from every action;
+    per atom under a distributional head (Rainbow's dueling C51)."""
 
-    def __init__(self, width: int, num_actions: int) -> None:
+    def __init__(self, width: int, num_actions: int, atoms: int = 1,
+                 linear: Callable[[int, int], nn.Module] = nn.Linear) -> None:
         super().__init__()
-        self.value = nn.Linear(width, 1)
-        self.advantage = nn.Linear(width, num_actions)
+        self.num_actions, self.atoms = num_actions, atoms
+        self.value = linear(width, atoms)
+        self.advantage = linear(width, num_actions * atoms)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        adv = self.advantage(x)
-        return self.value(x) + adv - adv.mean(dim=1, keepdim=True)
+        adv = self.advantage(x).view(-1, self.num_actions, self.atoms)
+        value = self.value(x).view(-1, 1, self.atoms)
+        return (value + adv - adv.mean(dim=1, keepdim=True)).flatten(1)
 
 
 class QNetwork(nn.Module):
-    def __init__(self, torso: nn.Module, head: nn.Module, scale_uint8: bool) -> None:
+    """`forward(obs)`: Q-values [batch, actions]; `distribution(obs)`: [batch, actions,
+    atoms] log-probabilities on `support` (C51) or quantile values (QR)."""
+
+    def __init__(self, torso: nn.Module, head: nn.Module, scale_uint8: bool, *,
+                 num_actions: int, distribution: str = "none", atoms: int = 1,
+                 support: torch.Tensor | None = None) -> None:
         super().__init__()
         self.torso = torso
         self.head = head
         self.scale_uint8 = scale_uint8
         self.compute_dtype = torch.float32
+        self.num_actions, self.kind, self.atoms = num_actions, distribution, atoms
+        self.noisy = any(isinstance(m, NoisyLinear) for m in head.modules())
+        # C51's fixed support z_1..z_N; not saved: the config says what it is.
+        self.register_buffer("support", support if support is not None else torch.zeros(0),
+                             persistent=False)
 
     def cast(self, dtype: torch.dtype) -> QNetwork:
         """Parameters and inputs in `dtype`: a bfloat16 acting copy costs a CPU with
@@ -66,14 +143,28 @@ class QNetwork(nn.Module):
         self.compute_dtype = dtype
         return self
 
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+    def _out(self, obs: torch.Tensor) -> torch.Tensor:
         x = obs.to(self.compute_dtype)
         if self.scale_uint8:
             x = x * (1.0 / 255.0)
-        return self.head(self.torso(x))
+        return self.head(self.torso(x)).view(-1, self.num_actions, self.atoms)
+
+    def distribution(self, obs: torch.Tensor) -> torch.Tensor:
+        out = self._out(obs)
+        return F.log_softmax(out, dim=2) if self.kind == "c51" else out
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        out = self._out(obs)
+        if self.kind == "c51":
+            return (F.softmax(out, dim=2) * self.support.to(out.dtype)).sum(dim=2)
+        if self.kind == "qr":
+            return out.mean(dim=2)
+        return out.squeeze(2)
 
 
-def build_q_network(cfg: NetworkConfig, spec: EnvSpec) -> QNetwork:
+def build_q_network(config: Config, spec: EnvSpec) -> QNetwork:
+    """The network `config` describes (`network`, and `learner.distribution`'s head)."""
+    cfg, lc = config.network, config.learner
     kind = cfg.kind
     if kind == "auto":
         kind = "nature_cnn" if len(spec.obs_shape) == 3 else "mlp"
@@ -87,9 +178,18 @@ def build_q_network(cfg: NetworkConfig, spec: EnvSpec) -> QNetwork:
         for d in spec.obs_shape:
             in_features *= d
         torso, width = mlp_torso(in_features, cfg.hidden)
-    head: nn.Module = (DuelingHead(width, spec.num_actions) if cfg.dueling
-                       else nn.Linear(width, spec.num_actions))
-    return QNetwork(torso, head, scale_uint8=spec.obs_dtype == np.uint8)
+    atoms = 1 if lc.distribution == "none" else lc.atoms
+    linear: Callable[[int, int], nn.Module] = nn.Linear
+    if cfg.noisy:
+        def linear(i: int, o: int) -> nn.Module:
+            return NoisyLinear(i, o, cfg.noisy_sigma0)
+    head = (DuelingHead(width, spec.num_actions, atoms, linear) if cfg.dueling
+            else linear(width, spec.num_actions * atoms))
+    support = (torch.linspace(lc.v_min, lc.v_max, lc.atoms) if lc.distribution == "c51"
+               else None)
+    return QNetwork(torso, head, scale_uint8=spec.obs_dtype == np.uint8,
+                    num_actions=spec.num_actions, distribution=lc.distribution, atoms=atoms,
+                    support=support)
 
 
 def faster_dtype(net: QNetwork, obs: torch.Tensor, rounds: int = 5) -> torch.dtype:

@@ -167,7 +167,7 @@ def test_a_bfloat16_acting_copy_tracks_the_float32_network():
     assert actor.net.compute_dtype == torch.bfloat16
     assert {p.dtype for p in actor.net.parameters()} == {torch.bfloat16}
     torch.manual_seed(0)
-    full = build_q_network(config.network, spec).eval()
+    full = build_q_network(config, spec).eval()
     actor.set_weights(1, full.state_dict())
     frames = np.random.default_rng(0).integers(0, 255, (16, *spec.obs_shape), dtype=np.uint8)
     x = torch.from_numpy(frames)

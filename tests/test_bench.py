@@ -75,11 +75,31 @@ def test_inference_compares_acting_per_actor_with_a_central_server():
     assert report["winner"] == ("per_actor" if ratio >= 1 else "central")
 
 
+def test_atari100k_scores_a_game_beside_the_published_ones():
+    """One short real run of configs/atari-100k.yaml on Pong under the protocol: the table
+    carries DER's and BBF's cited scores and the run's human-normalized score."""
+    report = last_json(qfleet(
+        "bench", "atari100k", "--games", "Pong", "--seeds", "1", "stop.env_steps=300",
+        "eval.episodes=2", "eval.max_episode_steps=200", "replay.min_size=100",
+        "learner.replay_ratio=1", "--json", timeout=400))
+    assert report["protocols"] == ["atari100k/noop30"] and report["comparable"] is True
+    (pong,) = report["games"]
+    (run,) = report["runs"]
+    assert pong["DER"] == -19.3 and pong["BBF"] == 16.4
+    assert (pong["random"], pong["human"]) == (-20.7, 14.6)
+    assert run["eval_episodes"] == 2 and 300 <= run["env_steps"] < 400
+    assert -21 <= pong["mean"] <= 21 and pong["mean"] == run["eval_return_mean"]
+    assert pong["human_normalized"] == pytest.approx((pong["mean"] + 20.7) / 35.3)
+    assert report["iqm_human_normalized"] == pytest.approx(pong["human_normalized"])
+
+
 def test_unknown_benchmark_and_options_a_benchmark_does_not_take():
     assert_one_line_error(qfleet("bench", "gpu"), "No such command 'gpu'")
     assert_one_line_error(qfleet("bench", "learner", "--actors", "3"), "--actors")
     assert_one_line_error(qfleet("bench", "learner", "--device", "tpu"), "'--device'")
     assert_one_line_error(qfleet("bench", "fleet", "--config", "nowhere.yaml"), "nowhere.yaml")
+    assert_one_line_error(qfleet("bench", "atari100k", "--games", "Pong,Tetris"),
+                          "'Tetris' is not an Atari-57 game")
     assert_one_line_error(qfleet("bench", "fleet", "--config", CONFIGS / "cartpole.yaml",
                                  "actors.device=tpu"), "actors.device")
 

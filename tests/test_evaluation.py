@@ -7,11 +7,12 @@ import io
 import pytest
 
 from qfleet.atari_scores import SCORES, human_normalized
-from qfleet.config import Config
+from qfleet.config import Config, load_config
 from qfleet.envs import env_spec
 from qfleet.evaluation import Evaluator, Scores, evaluation_env
 from qfleet.networks import build_q_network
 from qfleet.transitions import Episode
+from tests.conftest import CONFIGS
 
 
 def config(**sections: dict) -> Config:
@@ -54,7 +55,7 @@ def test_scores_carry_their_protocol_standard_error_and_frames():
 
 def evaluator(c: Config) -> tuple[Evaluator, dict]:
     spec = env_spec(c.env)
-    return Evaluator(c, spec), build_q_network(c.network, spec).state_dict()
+    return Evaluator(c, spec), build_q_network(c, spec).state_dict()
 
 
 def test_episodes_are_capped_even_where_the_env_has_no_time_limit():
@@ -90,3 +91,20 @@ def test_the_atari_camera_plays_the_agents_episode():
         frames = list(container.decode(video=0))
     assert len(frames) == recording.episode.length + 1
     assert (frames[0].height, frames[0].width) == (210, 160)
+
+
+@pytest.mark.parametrize(("config", "overrides", "expected"), [
+    ("atari-100k.yaml", [], "atari100k"),
+    ("spaceinvaders-cpu.yaml", ["env.noop_max=0"], "sticky"),
+    ("spaceinvaders-cpu.yaml", [],  # v5's sticky actions and 30 no-ops: no one protocol
+     "sticky_actions=0.25, noop_max=30, life_loss_ends_episode=False, "
+     "max_episode_steps=None"),
+    ("spaceinvaders-cpu.yaml", ["env.sticky_actions=0"], "noop30"),
+    ("atari-100k.yaml", ["env.max_episode_steps=null"],
+     "sticky_actions=0, noop_max=30, life_loss_ends_episode=True, max_episode_steps=None"),
+    ("cartpole.yaml", [], None),
+])
+def test_the_training_protocol_is_named(config, overrides, expected):
+    from qfleet.evaluation import training_protocol
+
+    assert training_protocol(load_config(CONFIGS / config, overrides)) == expected

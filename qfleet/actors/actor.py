@@ -63,7 +63,7 @@ class Actor:
         self.clip = clip_rewards_default(config.env)
         self.rng = np.random.default_rng(seed)
         self.device, self.device_note = acting_device(a.device)
-        self.net = build_q_network(config.network, spec).eval().to(self.device)
+        self.net = build_q_network(config, spec).eval().to(self.device)
         self.net.requires_grad_(False)
         self.version = 0
         ids, obs = self.envs.start(seed)

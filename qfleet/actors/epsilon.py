@@ -57,6 +57,8 @@ def fleet_epsilons(cfg: ActorsConfig, actor_index: int, fleet_step: int = 0) -> 
     """ε for each env of one actor: env j of actor a takes place j·A + rank(a) of the A·E
     places of a fleet of at most A actors with E envs each (`spread_rank`)."""
     e = cfg.envs_per_actor
+    if cfg.epsilon == "none":
+        return np.zeros(e)
     if cfg.epsilon == "apex":
         size = cfg.fleet_size
         places = np.arange(e) * size + spread_rank(actor_index, size)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from qfleet.devices import cuda_missing_reason
-from qfleet.networks import QNetwork
+from qfleet.networks import QNetwork, resample_noise
 
 MAX_GRAPHS = 4
 """Batch sizes captured at most; any other size runs eagerly (an actor sees one or two)."""
@@ -49,6 +49,8 @@ class GreedyActions:
         if not self.whole_batch:
             x = torch.from_numpy(obs if rows.size == len(obs) else obs[rows])
             with torch.inference_mode():
+                if self.net.noisy:  # new noise every vector step (noisy nets explore)
+                    resample_noise(self.net)
                 return self.net(x).argmax(dim=1).numpy()
         shape = obs.shape
         graphed = self._graphs.get(shape)
@@ -81,6 +83,8 @@ class _Graphed:
 
     def _forward(self) -> torch.Tensor:
         with torch.inference_mode():
+            if self.net.noisy:  # inside the graph: each replay draws new noise
+                resample_noise(self.net)
             return self.net(self.static_in).argmax(dim=1)
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:

@@ -168,6 +168,34 @@ def chaos(seconds: Annotated[float, typer.Option(min=30.0, help="Length of the r
 
 
 @app.command()
+def atari100k(
+    games: Annotated[str, typer.Option(help="Comma-separated ALE games.")] =
+        "BattleZone,Qbert,Pong,SpaceInvaders",
+    seeds: Annotated[int, typer.Option(min=1, help="Runs a game.")] = 2,
+    first_seed: Annotated[int, typer.Option(min=0, help="The first seed.")] = 0,
+    config: Annotated[str | None, typer.Option(
+        help="qfleet config (default: configs/atari-100k.yaml, Data-Efficient Rainbow).")
+    ] = None,
+    parallel: Annotated[int, typer.Option(
+        min=1, help="Runs at the same time (each its own local Ray; on a GPU machine "
+                    "their learners share the GPU: learner.num_gpus=0.25).")] = 1,
+    overrides: Annotated[list[str] | None, typer.Argument(
+        help="Overrides of the config, e.g. learner.replay_ratio=8.")] = None,
+    as_json: AsJson = False,
+) -> None:
+    """The Atari 100k benchmark per game beside DER's and BBF's published scores."""
+    from qfleet.config import ConfigError
+
+    try:
+        _report("atari100k", [g.strip() for g in games.split(",") if g.strip()],
+                seeds=seeds, first_seed=first_seed, config=config,
+                overrides=overrides or [], parallel=parallel, as_json=as_json)
+    except ConfigError as err:
+        print(f"qfleet: error: {err}", file=sys.stderr)
+        raise typer.Exit(2) from None
+
+
+@app.command()
 def learning(
     env_id: Annotated[str, typer.Option("--env", help="Env id.")] = "CartPole-v1",
     seconds: Annotated[float, typer.Option(min=10.0, help="Wall-clock budget of each run, "

@@ -38,7 +38,7 @@ def _network(device: str) -> Any:
     spec = env_spec(config.env)
     dev, _ = acting_device(device)
     torch.manual_seed(0)
-    net = build_q_network(config.network, spec).eval().requires_grad_(False).to(dev)
+    net = build_q_network(config, spec).eval().requires_grad_(False).to(dev)
     return GreedyActions(net, dev, capture=dev.type == "cuda"), dev
 
 

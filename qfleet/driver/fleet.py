@@ -33,7 +33,7 @@ from qfleet.driver.record import RunRecord, StopReason, learner_state
 from qfleet.driver.scaling import Scaling
 from qfleet.driver.supervision import Supervisor
 from qfleet.envs import EnvSpec
-from qfleet.evaluation import Recording, Scores, protocol_name
+from qfleet.evaluation import Recording, Scores, protocol_name, training_protocol
 from qfleet.learner.learner import LearnerError
 from qfleet.reporting import Rates, Reporter
 from qfleet.stats import Counters, FleetStats
@@ -409,6 +409,7 @@ class Fleet:
             "eval_return_sem": scores and scores.return_sem,
             "eval_episodes": len(scores.episodes) if scores else 0,
             "eval_protocol": protocol_name(self.config),
+            "train_protocol": training_protocol(self.config),
             "eval_epsilon": self.config.eval.epsilon,
             "human_normalized_score_mean": scores and scores.human_normalized_score_mean,
             "target_return": self.config.stop.target_return,

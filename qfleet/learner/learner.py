@@ -77,7 +77,7 @@ class Learner:
         self.device = torch.device(device)
         lc = config.learner
         torch.manual_seed(config.env.seed)
-        self.online = build_q_network(config.network, spec).to(self.device)
+        self.online = build_q_network(config, spec).to(self.device)
         self.target = (self.online if lc.target_update == "none"
                        else copy.deepcopy(self.online).requires_grad_(False))
         self.optimizer = make_adam(self.online.parameters(), lc.lr, lc.adam_eps, self.device)
