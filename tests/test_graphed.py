@@ -14,12 +14,19 @@ from qfleet.learner.graphed import GraphedUpdate
 from qfleet.learner.learner import Learner, make_adam
 from qfleet.learner.loss import dqn_loss
 
+C51 = ["learner.distribution=c51", "learner.v_min=0", "learner.v_max=50", "learner.atoms=21"]
+QR = ["learner.distribution=qr", "learner.atoms=8"]
+NOISY = ["network.noisy=true", "network.dueling=true"]
+HEADS = pytest.mark.parametrize("head", [[], C51, QR, C51 + NOISY],
+                                ids=["expected", "c51", "qr", "c51-noisy"])
 
-def filled_learner(device: str = "cpu") -> Learner:
+
+def filled_learner(device: str = "cpu", head: list[str] | None = None) -> Learner:
     config = load_config(None, [
         "env.id=CartPole-v1", "replay.kind=prioritized", "replay.min_size=64",
         "learner.batch_size=32", "learner.double_dqn=true", "learner.loss=huber",
-        "learner.grad_clip=10", "learner.lr=1e-3", f"learner.device={device}"])
+        "learner.grad_clip=10", "learner.lr=1e-3", f"learner.device={device}",
+        *(head or [])])
     spec = env_spec(config.env)
     learner, actor = Learner(config, spec, device), Actor(config, spec, 0, seed=0)
     while len(learner.replay) < 256:
@@ -52,10 +59,14 @@ def twins(learner: Learner, capture: bool):
 
 
 def assert_same_training(learner: Learner, capture: bool, updates: int = 12) -> None:
+    """Both copies update on the same batches (and, for noisy nets, the same noise: the
+    same seed before each update)."""
     (online, _, eager), (g_online, _, graphed) = twins(learner, capture)
-    for _ in range(updates):
+    for k in range(updates):
         batch, _, weights = learner.replay.sample(32)
+        torch.manual_seed(k)
         loss, extras = eager(batch, weights)
+        torch.manual_seed(k)
         g_loss, g_extras, skipped = graphed(batch, weights)
         assert float(skipped) == 0.0
         torch.testing.assert_close(g_loss, loss)
@@ -64,8 +75,9 @@ def assert_same_training(learner: Learner, capture: bool, updates: int = 12) -> 
         torch.testing.assert_close(q, p)
 
 
-def test_the_graphed_update_trains_as_the_eager_one():
-    assert_same_training(filled_learner(), capture=False)
+@HEADS
+def test_the_graphed_update_trains_as_the_eager_one(head):
+    assert_same_training(filled_learner(head=head), capture=False)
 
 
 def test_a_nonfinite_loss_is_skipped_on_the_device():
@@ -120,8 +132,9 @@ def test_a_checkpoint_of_a_graphed_learner_loads_on_a_cpu():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU to capture")
-def test_the_captured_graph_trains_as_the_eager_update_on_a_gpu():
-    learner = filled_learner("cuda")
+@pytest.mark.parametrize("head", [[], C51, QR], ids=["expected", "c51", "qr"])
+def test_the_captured_graph_trains_as_the_eager_update_on_a_gpu(head):
+    learner = filled_learner("cuda", head)
     assert_same_training(learner, capture=True, updates=20)
     for _ in range(5):  # and the learner itself takes the graphed path
         learner.step()
