@@ -2,7 +2,8 @@
 # The figures of one GPU machine (docs/gpu-box.md), each part one command that writes its
 # JSON (and pictures) under $OUT. Run from the repository root.
 #
-#   cluster/gpu-box-figures.sh speed      # ~4 min: the learner alone, acting per actor vs a
+#   cluster/gpu-box-figures.sh speed      # ~5 min: the learner alone (expected-value and
+#                                         # C51 with noisy nets), acting per actor vs a
 #                                         # central server, the whole fleet (GPU actors,
 #                                         # then CPU actors)
 #   cluster/gpu-box-figures.sh learning   # ~8 min: SpaceInvaders, 7 minutes from the
@@ -53,6 +54,8 @@ case "$part" in
   speed)
     bench learner bench learner --device "$(pick cuda auto)" --batch-size 512 \
       --seconds "$(pick 8 1)"
+    bench learner-c51-noisy bench learner --device "$(pick cuda auto)" --batch-size 512 \
+      --head c51 --noisy --seconds "$(pick 8 1)"
     bench inference bench inference --device "$(pick cuda auto)" --actors "$(pick 15 2)" \
       --seconds "$(pick 16 2)"
     bench fleet-gpu-actors bench fleet --config configs/atari-1gpu.yaml \

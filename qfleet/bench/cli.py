@@ -42,6 +42,12 @@ def _device(value: str) -> str:
     return value
 
 
+def _head(value: str) -> str:
+    if value not in ("none", "c51", "qr"):
+        raise typer.BadParameter(f"expected none, c51 or qr, got {value!r}")
+    return value
+
+
 @app.command()
 def envs(seconds: Seconds = 9.0, as_json: AsJson = False) -> None:
     """ALE vector env vs one Gymnasium env with the same preprocessing."""
@@ -62,10 +68,14 @@ def learner(seconds: Seconds = 9.0,
             cuda_graph: Annotated[bool, typer.Option(
                 help="On a GPU, the learner's update as one CUDA graph "
                      "(learner.cuda_graph).")] = True,
+            head: Annotated[str, typer.Option(
+                help="Value head: none, c51 or qr (learner.distribution).",
+                callback=_head)] = "none",
+            noisy: Annotated[bool, typer.Option(help="Noisy nets (network.noisy).")] = False,
             as_json: AsJson = False) -> None:
     """Learner.step vs a bare torch loop with the same network, loss and optimizer."""
     _report("learner", seconds, batch_size=batch_size, device=device, cuda_graph=cuda_graph,
-            as_json=as_json)
+            head=head, noisy=noisy, as_json=as_json)
 
 
 @app.command()

@@ -12,7 +12,8 @@ from qfleet.bench.common import atari_config, interleaved
 
 
 def run(seconds: float, batch_size: int = 32, device: str = "auto",
-        replay: str = "prioritized", cuda_graph: bool = True) -> dict[str, Any]:
+        replay: str = "prioritized", cuda_graph: bool = True, head: str = "none",
+        noisy: bool = False) -> dict[str, Any]:
     from qfleet.actors.actor import Actor
     from qfleet.envs import env_spec
     from qfleet.learner.learner import Learner, make_adam, pick_device
@@ -25,7 +26,8 @@ def run(seconds: float, batch_size: int = 32, device: str = "auto",
                            "learner.grad_clip=10", "learner.target_update_every=1000",
                            "network.dueling=true", "learner.publish_every=50",
                            "actors.num_actors=1", "actors.envs_per_actor=16",
-                           f"learner.cuda_graph={cuda_graph}"])
+                           f"learner.cuda_graph={cuda_graph}",
+                           f"learner.distribution={head}", f"network.noisy={noisy}"])
     spec = env_spec(config.env)
     learner = Learner(config, spec, dev)
     actor = Actor(config, spec, 0, seed=0)
@@ -60,15 +62,17 @@ def run(seconds: float, batch_size: int = 32, device: str = "auto",
 
     ours, bare = interleaved(learner_update, bare_update, seconds=seconds)
     return {"bench": "learner", "device": str(dev), "batch_size": batch_size,
-            "network": "nature_cnn+dueling", "replay": replay,
+            "network": "nature_cnn+dueling" + ("+noisy" if noisy else ""),
+            "head": head, "replay": replay,
             "cuda_graph": cuda_graph and dev.type == "cuda",
             "learner_updates_per_s": ours, "bare_updates_per_s": bare, "ratio": ours / bare}
 
 
 def describe(result: dict[str, Any]) -> list[str]:
     graph = ", one CUDA graph an update" if result.get("cuda_graph") else ""
+    head = "" if result.get("head", "none") == "none" else f", {result['head']} head"
     return [f"learner on {result['device']}, batch {result['batch_size']}, "
-            f"{result['replay']} replay{graph}: "
+            f"{result['replay']} replay{head}{graph}: "
             f"{result['learner_updates_per_s']:,.1f} updates/s",
             f"bare torch loop, same network/loss/optimizer: "
             f"{result['bare_updates_per_s']:,.1f} updates/s",
