@@ -93,6 +93,9 @@ class ActorsConfig(_Section):
     epsilon_end: float = Field(0.05, ge=0.0, le=1.0)
     epsilon_decay_steps: int = Field(10_000, ge=1)
     """Fleet env steps over which the linear ε decays."""
+    epsilon_hold_steps: int = Field(0, ge=0)
+    """Fleet env steps the linear ε stays at `epsilon_start` before it decays (Dopamine's
+    schedule holds it through the replay's warm-up)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where each actor's acting copy of the Q-network runs. `cuda`: on a share of its
     node's GPU (`num_gpus`), one CUDA graph per batch, so the actor's core only emulates.
@@ -240,6 +243,10 @@ class EvalConfig(_Section):
     starts) or `noop30` (the DQN-era tables: no sticky actions, up to 30 no-op starts)."""
     max_episode_steps: int = Field(27_000, ge=1)
     """Agent steps an evaluation episode may last (27,000 = 108,000 Atari frames)."""
+    noisy: bool = True
+    """With noisy nets: evaluate the noisy network, `epsilon` on top (Rainbow's paper), or
+    its mean path (false: Dopamine's evaluation, which DER's and BBF's Atari 100k scores
+    were measured under)."""
     video_every_s: float | None = Field(None, gt=0)
     """Record one greedy episode this often, to TensorBoard and `videos/` (none: never)."""
 

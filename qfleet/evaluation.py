@@ -33,7 +33,7 @@ from qfleet.envs import (
     is_atari,
     make_vec_env,
 )
-from qfleet.networks import build_q_network, resample_noise
+from qfleet.networks import build_q_network, resample_noise, set_noise
 from qfleet.transitions import Episode
 from qfleet.video import GIF_MAX_FRAMES, Mp4Writer, gif
 
@@ -138,12 +138,13 @@ class Evaluator:
         self.env = evaluation_env(config)
         self.max_steps = config.eval.max_episode_steps
         self.net = build_q_network(config, spec).eval().requires_grad_(False)
+        set_noise(self.net, config.eval.noisy)
         self._seed = seed
         self._rng = np.random.default_rng(seed)
 
     def _act(self, obs: np.ndarray, epsilon: float) -> np.ndarray:
         with torch.inference_mode():
-            if self.net.noisy:  # Rainbow evaluates the noisy network, ε on top
+            if self.net.noisy and self.config.eval.noisy:  # Rainbow's: ε on top of noise
                 resample_noise(self.net)
             greedy = self.net(torch.from_numpy(obs)).argmax(dim=1).numpy()
         return explore(greedy, epsilon, self.spec.num_actions, self._rng)

@@ -80,23 +80,28 @@ def set_noise(net: nn.Module, on: bool) -> None:
             layer.noisy = on
 
 
-def mlp_torso(in_features: int, hidden: tuple[int, ...]) -> tuple[nn.Module, int]:
+Linear = Callable[[int, int], nn.Module]
+"""Makes a linear layer (in, out): `nn.Linear`, or a noisy one."""
+
+
+def mlp_torso(in_features: int, hidden: tuple[int, ...],
+              linear: Linear = nn.Linear) -> tuple[nn.Module, int]:
     layers: list[nn.Module] = []
     width = in_features
     for h in hidden:
-        layers += [nn.Linear(width, h), nn.ReLU()]
+        layers += [linear(width, h), nn.ReLU()]
         width = h
     return nn.Sequential(nn.Flatten(), *layers), width
 
 
-def nature_cnn_torso(in_channels: int) -> tuple[nn.Module, int]:
+def nature_cnn_torso(in_channels: int, linear: Linear = nn.Linear) -> tuple[nn.Module, int]:
     """Mnih et al. 2015: three conv layers and a 512-unit layer, for 84×84 inputs."""
     torso = nn.Sequential(
         nn.Conv2d(in_channels, 32, 8, stride=4), nn.ReLU(),
         nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
         nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
         nn.Flatten(),
-        nn.Linear(64 * 7 * 7, 512), nn.ReLU(),
+        linear(64 * 7 * 7, 512), nn.ReLU(),
     )
     return torso, 512
 
@@ -106,7 +111,7 @@ class DuelingHead(nn.Module):
     per atom under a distributional head (Rainbow's dueling C51)."""
 
     def __init__(self, width: int, num_actions: int, atoms: int = 1,
-                 linear: Callable[[int, int], nn.Module] = nn.Linear) -> None:
+                 linear: Linear = nn.Linear) -> None:
         super().__init__()
         self.num_actions, self.atoms = num_actions, atoms
         self.value = linear(width, atoms)
@@ -131,15 +136,17 @@ class QNetwork(nn.Module):
         self.scale_uint8 = scale_uint8
         self.compute_dtype = torch.float32
         self.num_actions, self.kind, self.atoms = num_actions, distribution, atoms
-        self.noisy = any(isinstance(m, NoisyLinear) for m in head.modules())
+        self.noisy = any(isinstance(m, NoisyLinear) for m in self.modules())
         # C51's fixed support z_1..z_N; not saved: the config says what it is.
         self.register_buffer("support", support if support is not None else torch.zeros(0),
                              persistent=False)
 
     def cast(self, dtype: torch.dtype) -> QNetwork:
         """Parameters and inputs in `dtype`: a bfloat16 acting copy costs a CPU with
-        bfloat16 instructions well under half the time per observation."""
+        bfloat16 instructions well under half the time per observation. C51's support
+        stays float32 (bfloat16 would move its atoms)."""
         self.to(dtype)
+        self.support = self.support.float()
         self.compute_dtype = dtype
         return self
 
@@ -151,20 +158,26 @@ class QNetwork(nn.Module):
 
     def distribution(self, obs: torch.Tensor) -> torch.Tensor:
         out = self._out(obs)
-        return F.log_softmax(out, dim=2) if self.kind == "c51" else out
+        return F.log_softmax(out.float(), dim=2) if self.kind == "c51" else out
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         out = self._out(obs)
-        if self.kind == "c51":
-            return (F.softmax(out, dim=2) * self.support.to(out.dtype)).sum(dim=2)
+        if self.kind == "c51":  # in float32 also for a bfloat16 acting copy
+            return (F.softmax(out.float(), dim=2) * self.support).sum(dim=2)
         if self.kind == "qr":
             return out.mean(dim=2)
         return out.squeeze(2)
 
 
 def build_q_network(config: Config, spec: EnvSpec) -> QNetwork:
-    """The network `config` describes (`network`, and `learner.distribution`'s head)."""
+    """The network `config` describes (`network`, and `learner.distribution`'s head). With
+    noisy nets every linear layer is noisy, the torso's too (Rainbow's, and Dopamine's
+    512-unit layer); the convolutions are not."""
     cfg, lc = config.network, config.learner
+    linear: Linear = nn.Linear
+    if cfg.noisy:
+        def linear(i: int, o: int) -> nn.Module:
+            return NoisyLinear(i, o, cfg.noisy_sigma0)
     kind = cfg.kind
     if kind == "auto":
         kind = "nature_cnn" if len(spec.obs_shape) == 3 else "mlp"
@@ -172,17 +185,13 @@ def build_q_network(config: Config, spec: EnvSpec) -> QNetwork:
         if len(spec.obs_shape) != 3 or spec.obs_shape[1:] != (84, 84):
             raise ValueError(f"network.kind: nature_cnn needs (C, 84, 84) observations, "
                              f"got {spec.obs_shape}")
-        torso, width = nature_cnn_torso(spec.obs_shape[0])
+        torso, width = nature_cnn_torso(spec.obs_shape[0], linear)
     else:
         in_features = 1
         for d in spec.obs_shape:
             in_features *= d
-        torso, width = mlp_torso(in_features, cfg.hidden)
+        torso, width = mlp_torso(in_features, cfg.hidden, linear)
     atoms = 1 if lc.distribution == "none" else lc.atoms
-    linear: Callable[[int, int], nn.Module] = nn.Linear
-    if cfg.noisy:
-        def linear(i: int, o: int) -> nn.Module:
-            return NoisyLinear(i, o, cfg.noisy_sigma0)
     head = (DuelingHead(width, spec.num_actions, atoms, linear) if cfg.dueling
             else linear(width, spec.num_actions * atoms))
     support = (torch.linspace(lc.v_min, lc.v_max, lc.atoms) if lc.distribution == "c51"

@@ -12,7 +12,14 @@ import qfleet
 from qfleet.actors.actor import Actor
 from qfleet.actors.inference import GreedyActions, acting_device
 from qfleet.config import load_config
-from qfleet.driver.placement import actor_bundle, actor_options, gpu_share, resolve_actor_device
+from qfleet.driver.placement import (
+    ActorNode,
+    actor_bundle,
+    actor_options,
+    actors_fitting,
+    gpu_share,
+    resolve_actor_device,
+)
 from qfleet.envs import env_spec
 from qfleet.learner.learner import LearnerError
 from qfleet.networks import build_q_network
@@ -21,12 +28,17 @@ from tests.conftest import CONFIGS
 ATARI = ["env.id=ALE/Pong-v5", "stop.env_steps=1", "network.kind=nature_cnn"]
 
 
-def test_gpu_shares_fit_whole_in_each_gpu():
-    assert gpu_share([0.5], 15) == pytest.approx(1 / 30)  # one GPU, half the learner's
+def test_gpu_shares_fit_whole_in_each_gpu_of_each_node():
+    one_box = [ActorNode(15, [0.5])]  # 15 free CPUs, a GPU half the learner's
+    assert gpu_share(one_box, 15) == pytest.approx(1 / 30)
     # Seven free GPUs for 64 actors: 1/9 would pack only 63 (a share never spans GPUs).
-    assert gpu_share([1.0] * 7, 64) == pytest.approx(1 / 10)
-    assert gpu_share([0.25, 1.0], 5) == pytest.approx(1 / 4)
-    assert gpu_share([], 3) is None and gpu_share([0.0], 3) is None
+    assert gpu_share([ActorNode(64, [1.0] * 7)], 64) == pytest.approx(1 / 10)
+    # Two nodes: the learner's GPU full, the other's free; actors need CPUs on both, so the
+    # shares of one node cannot stand in for the other's missing room.
+    two = [ActorNode(7, []), ActorNode(8, [1.0])]
+    assert gpu_share(two, 15) is None and gpu_share(two, 8) == pytest.approx(1 / 8)
+    assert actors_fitting([ActorNode(3, [0.25, 1.0])], 0.25) == 3  # CPU-bound
+    assert gpu_share([ActorNode(3, [])], 3) is None
 
 
 def test_the_whole_batch_path_picks_the_actions_of_the_per_row_path():
@@ -82,6 +94,14 @@ def test_auto_takes_gpu_shares_only_where_the_learner_leaves_room(gpu_ray):
                                 True).actors.device == "cpu"
     with pytest.raises(LearnerError, match=r"actors\.device: cuda requested"):
         resolve_actor_device(load_config(None, [*base, "actors.device=cuda"]), False)
+    # A given share is checked too: with the learner on the whole GPU none fits.
+    assert resolve_actor_device(load_config(None, [*base, "actors.num_gpus=0.1"]),
+                                False).actors.device == "cpu"
+    with pytest.raises(LearnerError, match=r"of GPU share 0\.1 do not fit"):
+        resolve_actor_device(load_config(None, [*base, "actors.device=cuda",
+                                                "actors.num_gpus=0.1"]), False)
+    with pytest.raises(LearnerError, match=r"autoscaler needs actors\.num_gpus"):
+        resolve_actor_device(load_config(None, [*base, "actors.device=cuda"]), True)
     cpu = resolve_actor_device(load_config(None, [*base, "actors.device=cpu",
                                                   "learner.num_gpus=0.5"]), False)
     assert cpu.actors.device == "cpu" and "GPU" not in actor_bundle(cpu)

@@ -34,7 +34,7 @@ def test_the_first_reason_to_stop_wins_and_sets_the_exit_code(tmp_path):
     assert {r.value: r.exit_code for r in StopReason} == {
         "target_return": 0, "env_steps": 0, "time_s": 0, "interrupted": 130,
         "terminated": 143, "nonfinite_loss": 1, "learner_lost": 1, "actor_failures": 1,
-        "no_nodes": 1, "ray_failure": 1, "sweep": 0, "error": 1}
+        "no_nodes": 1, "ray_failure": 1, "sweep": 0, "measured": 0, "error": 1}
 
 
 def test_a_learner_lost_before_any_checkpoint_restarts_fresh_with_the_fleets_counters(

@@ -33,6 +33,7 @@ def _rows(step: Step, rows: np.ndarray) -> Step:
 class Actor:
     def __init__(self, config: Config, spec: EnvSpec, actor_index: int, seed: int) -> None:
         torch.set_num_threads(1)  # one core per actor; intra-op threads only contend
+        torch.manual_seed(seed)  # noisy nets' acting noise, reproducible from the seed
         self.config, self.index = config, actor_index
         a = config.actors
         e = self.num_envs = a.envs_per_actor

@@ -63,5 +63,6 @@ def fleet_epsilons(cfg: ActorsConfig, actor_index: int, fleet_step: int = 0) -> 
         size = cfg.fleet_size
         places = np.arange(e) * size + spread_rank(actor_index, size)
         return apex_epsilon(places, size * e, cfg.apex_epsilon, cfg.apex_alpha)
-    eps = linear_epsilon(fleet_step, cfg.epsilon_start, cfg.epsilon_end, cfg.epsilon_decay_steps)
+    eps = linear_epsilon(fleet_step - cfg.epsilon_hold_steps, cfg.epsilon_start,
+                         cfg.epsilon_end, cfg.epsilon_decay_steps)
     return np.full(e, eps)

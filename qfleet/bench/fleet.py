@@ -162,8 +162,8 @@ def run(seconds: float, config: str, overrides: list[str] | None = None,
     fleet = Fleet(cfg, spec, prepared.storage, command_start=time.monotonic(),
                   reporter=reporter)
     window: dict[str, Any] = {}
+    fleet.prepare()  # refuses the unplaceable (LearnerError: exit 2) before anything starts
     try:
-        fleet.prepare()
         fleet.start()
         cfg = fleet.config  # the fleet's size and devices, resolved
         actors = int(cfg.actors.num_actors)
@@ -222,7 +222,8 @@ def run(seconds: float, config: str, overrides: list[str] | None = None,
 
         alone = learner.run(min(seconds, 9.0), batch_size=cfg.learner.batch_size,
                             device=cfg.learner.device, replay=cfg.replay.kind,
-                            cuda_graph=cfg.learner.cuda_graph)
+                            cuda_graph=cfg.learner.cuda_graph,
+                            head=cfg.learner.distribution, noisy=cfg.network.noisy)
         result["learner_alone_updates_per_s"] = alone["learner_updates_per_s"]
         result["learner_fed_over_alone"] = (result["updates_per_s"]
                                             / alone["learner_updates_per_s"])

@@ -44,10 +44,12 @@ def _network(device: str) -> Any:
 
 class Server:
     """The central design's server: requests queue on its event loop; one thread runs
-    all that are waiting as one batch and answers each."""
+    all that are waiting as one batch, padded to `rows` (every client's batch at once, as
+    SEED RL's fixed inference batch: one CUDA graph), and answers each."""
 
-    def __init__(self, device: str) -> None:
+    def __init__(self, device: str, rows: int) -> None:
         self.greedy, self.device = _network(device)
+        self.rows = rows
         self.pending: list[tuple[np.ndarray, asyncio.Future, asyncio.AbstractEventLoop]] = []
         self.cond = threading.Condition()
         self.batches: list[int] = []
@@ -59,7 +61,9 @@ class Server:
                 self.cond.wait_for(lambda: bool(self.pending))
                 taken, self.pending = self.pending, []
             obs = np.concatenate([o for o, _, _ in taken])
-            actions = self.greedy(obs, np.arange(len(obs)))
+            padded = np.zeros((self.rows, *obs.shape[1:]), dtype=obs.dtype)
+            padded[:len(obs)] = obs
+            actions = self.greedy(padded, np.arange(len(obs)))
             self.batches.append(len(taken))
             start = 0
             for o, future, loop in taken:
@@ -121,7 +125,8 @@ def _measure(design: str, clients: int, batch: int, seconds: float, device: str,
         opts["num_gpus"] = gpu_share
     server = None
     if design == "central":
-        server = ray.remote(Server).options(**opts, max_concurrency=1000).remote(device)
+        server = ray.remote(Server).options(**opts, max_concurrency=1000).remote(
+            device, clients * batch)
     client_opts = {"num_cpus": 1} if server else opts
     fleet = [ray.remote(Client).options(**client_opts).remote(device, batch, i, server)
              for i in range(clients)]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -70,6 +71,8 @@ def run(seconds: float, env_id: str, config: str | None = None,
     if beside and not against:
         raise ConfigError("--beside: runs SB3 beside qfleet; give --against sb3")
     if beside:
+        if shutil.which("taskset") is None:
+            raise ConfigError("--beside: needs taskset (util-linux) to pin each run")
         cores = sorted(os.sched_getaffinity(0))
         if len(cores) < 2:
             raise ConfigError("--beside: needs 2 cores or more (one for SB3), this process "
@@ -107,9 +110,12 @@ def run(seconds: float, env_id: str, config: str | None = None,
     return result
 
 
-def _pinned(cores: set[int] | None) -> Any:
-    """A subprocess's start hook that pins it (and all it starts) to `cores`."""
-    return None if cores is None else (lambda: os.sched_setaffinity(0, cores))
+def _pinned(cores: set[int] | None) -> list[str]:
+    """The command prefix that pins a process (and all it starts) to `cores`: `taskset`,
+    not a `preexec_fn`, which may deadlock a child forked beside other threads."""
+    if cores is None:
+        return []
+    return ["taskset", "-c", ",".join(map(str, sorted(cores)))]
 
 
 def _qfleet(config: Path, overrides: list[str], seconds: float,
@@ -119,9 +125,9 @@ def _qfleet(config: Path, overrides: list[str], seconds: float,
         stop = [f"stop.time_s={seconds:g}",
                 f"stop.target_return={'null' if target is None else target}"]
         started = time.time()
-        proc = subprocess.run([sys.executable, "-m", "qfleet.cli", "train", str(config),
-                               *overrides, *stop, "--run-dir", str(run_dir)],
-                              capture_output=True, text=True, preexec_fn=_pinned(cores))
+        proc = subprocess.run([*_pinned(cores), sys.executable, "-m", "qfleet.cli", "train",
+                               str(config), *overrides, *stop, "--run-dir", str(run_dir)],
+                              capture_output=True, text=True)
         wall = time.time() - started
         if proc.returncode != 0:
             raise RuntimeError(f"qfleet train failed (exit {proc.returncode}): "
@@ -146,9 +152,8 @@ def _sb3(cfg: Any, seed: int, seconds: float, target: float | None, every: float
             "seed": seed, "seconds": seconds, "target": target, "every_s": every,
             "episodes": episodes, "epsilon": cfg.eval.epsilon, "protocol": cfg.eval.protocol,
             "max_steps": cfg.eval.max_episode_steps}))
-        proc = subprocess.run([sys.executable, "-m", "qfleet.bench.sb3_dqn", str(spec),
-                               str(out)], capture_output=True, text=True,
-                              preexec_fn=_pinned(cores))
+        proc = subprocess.run([*_pinned(cores), sys.executable, "-m", "qfleet.bench.sb3_dqn",
+                               str(spec), str(out)], capture_output=True, text=True)
         wall = time.time() - started
         if proc.returncode != 0:
             raise RuntimeError(f"the SB3 run failed (exit {proc.returncode}): "

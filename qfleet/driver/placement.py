@@ -13,7 +13,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import ray
 from ray.exceptions import RuntimeEnvSetupError
@@ -187,49 +187,85 @@ def resolve_fleet(config: Config, autoscaling: bool) -> Config:
     return config.model_copy(update={"actors": actors})
 
 
-def gpu_share(rooms: Sequence[float], actors: int) -> float | None:
-    """The largest share 1/k of a GPU such that `actors` shares fit in GPUs with `rooms`
-    free (Ray places a fractional share within one GPU); None when they do not fit."""
-    if actors < 1 or sum(rooms) <= 0:
+class ActorNode(NamedTuple):
+    """A node that can host actors: how many by its CPUs, and the GPU room on each of its
+    GPUs once the learner took its share."""
+
+    slots: int
+    rooms: list[float]
+
+
+def actors_fitting(nodes: Sequence[ActorNode], share: float) -> int:
+    """Actors with a GPU share `share` each that the nodes hold: per node the fewer of its
+    CPU slots and its GPU shares (Ray places a fractional share within one GPU)."""
+    return sum(min(n.slots, sum(math.floor(r / share + 1e-6) for r in n.rooms))
+               for n in nodes)
+
+
+def gpu_share(nodes: Sequence[ActorNode], actors: int) -> float | None:
+    """The largest share 1/k of a GPU such that `actors` actors fit on `nodes`; None when
+    they never do."""
+    if actors < 1 or sum(n.slots for n in nodes) < actors:
         return None
     for k in range(1, 10_000):
-        if sum(math.floor(r * k + 1e-6) for r in rooms) >= actors:
+        if actors_fitting(nodes, 1.0 / k) >= actors:
             return 1.0 / k
     return None
 
 
-def resolve_actor_device(config: Config, autoscaling: bool) -> Config:
-    """Fix `actors.device` to `cpu` or `cuda` and each actor's GPU share: `auto` takes the
-    GPU when no autoscaler adds nodes and every node that can host an actor has a GPU with
-    room beside the learner; `cuda` where none has is refused (`LearnerError`, exit 2)."""
+def actor_nodes(config: Config) -> list[ActorNode]:
+    """The alive nodes that can host an actor, with the learner's GPU share taken out of
+    the first node that can host the learner (where it will likely go)."""
     a = config.actors
-    if a.device == "cpu":
-        return config
-    rooms: list[float] = []
-    everywhere = not autoscaling
     learner = learner_bundle(config)
     learner_gpu = learner.get("GPU", 0.0)
+    nodes = []
     for node in (dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")):
-        hosts_actors = bundles_in(node, {"CPU": a.num_cpus, **a.resources}) >= 1
-        gpus = math.floor(node.get("GPU", 0.0) + 1e-6)
-        if hosts_actors and gpus < 1:
-            everywhere = False
-        room = [1.0] * gpus
-        if learner_gpu and room and bundles_in(node, learner) >= 1:  # the learner's node
+        room = [1.0] * math.floor(node.get("GPU", 0.0) + 1e-6)
+        if learner_gpu and room and bundles_in(node, learner) >= 1:
             whole, part = divmod(learner_gpu, 1.0)
             room = room[int(whole):]
             if part and room:
                 room[0] -= part
             learner_gpu = 0.0
-        if hosts_actors:
-            rooms += room
-    share = a.num_gpus or gpu_share(rooms, a.fleet_size)
-    if a.device == "auto" and not (everywhere and share):
+            for key, value in learner.items():
+                node[key] -= value
+        slots = bundles_in(node, {"CPU": a.num_cpus, **a.resources})
+        if slots:
+            nodes.append(ActorNode(slots, [r for r in room if r > 1e-6]))
+    return nodes
+
+
+def resolve_actor_device(config: Config, autoscaling: bool) -> Config:
+    """Fix `actors.device` to `cpu` or `cuda` and each actor's GPU share. `auto` takes the
+    GPU when no autoscaler adds nodes, every node that can host an actor has GPU room
+    beside the learner, and all `num_actors` fit with their shares; `cuda` that cannot be
+    placed so is refused (`LearnerError`, exit 2)."""
+    a = config.actors
+    if a.device == "cpu":
+        return config
+    if autoscaling:  # the nodes to come are unknown
+        if a.device == "auto":
+            return config.model_copy(update={"actors": a.model_copy(update={"device": "cpu"})})
+        if a.num_gpus is None:
+            raise LearnerError("actors.device: cuda on a cluster with an autoscaler needs "
+                               "actors.num_gpus (each actor's GPU share)")
+        return config
+    count = int(a.num_actors) if isinstance(a.num_actors, int) else 1
+    nodes = actor_nodes(config)
+    everywhere = bool(nodes) and all(n.rooms for n in nodes)
+    if a.num_gpus is not None:
+        share = a.num_gpus if actors_fitting(nodes, a.num_gpus) >= count else None
+    else:
+        share = gpu_share(nodes, count)
+    if share is None or (a.device == "auto" and not everywhere):
+        if a.device == "cuda":
+            raise LearnerError(
+                f"actors.device: cuda requested but {count} actors"
+                + (f" of GPU share {a.num_gpus:g}" if a.num_gpus else "")
+                + " do not fit in the GPU room the learner leaves (learner.num_gpus below "
+                  "1, fewer actors, or actors.device=cpu)")
         return config.model_copy(update={"actors": a.model_copy(update={"device": "cpu"})})
-    if a.device == "cuda" and not share and not autoscaling:
-        raise LearnerError("actors.device: cuda requested but no node that hosts actors has "
-                           "a GPU with room beside the learner (learner.num_gpus below 1, or "
-                           "actors.device=cpu)")
     actors = a.model_copy(update={"device": "cuda", "num_gpus": share})
     return config.model_copy(update={"actors": actors})
 

@@ -19,6 +19,7 @@ from qfleet.devices import cuda_missing_reason
 from qfleet.envs import EnvSpec
 from qfleet.learner.graphed import GraphedUpdate
 from qfleet.learner.loss import dqn_loss
+from qfleet.learner.persist import saved
 from qfleet.learner.replay import make_replay, replay_bytes_per_item
 from qfleet.networks import build_q_network
 from qfleet.stats import Counters, LearnerStats
@@ -311,7 +312,7 @@ class Learner:
 
 def _to_cpu(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
+        return saved(obj)
     if isinstance(obj, dict):
         return {k: _to_cpu(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):

@@ -21,6 +21,12 @@ class Persistent(Protocol):
     def nbytes(self) -> int: ...
 
 
+def saved(tensor: torch.Tensor) -> torch.Tensor:
+    """A CPU copy of `tensor`, never the tensor itself: a state is read under the learner's
+    lock but serialized after it, while a CPU learner goes on writing into its tensors."""
+    return tensor.detach().to("cpu", copy=True)
+
+
 def tensors_nbytes(*tensors: torch.Tensor) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 import torch
 
-from qfleet.learner.persist import Persistent, load_tensor, tensors_nbytes
+from qfleet.learner.persist import Persistent, load_tensor, saved, tensors_nbytes
 from qfleet.learner.sampling import PrioritizedSampler, UniformSampler
 from qfleet.transitions import Frames, Transitions
 
@@ -84,7 +84,7 @@ class DenseStorage:
         return None
 
     def state_dict(self) -> dict[str, Any]:
-        return {name: col.cpu() for name, col in zip(Batch._fields, self.cols, strict=True)}
+        return {name: saved(col) for name, col in zip(Batch._fields, self.cols, strict=True)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for name, col in zip(Batch._fields, self.cols, strict=True):
@@ -145,8 +145,8 @@ class FrameRing:
         return (oldest >= 0) & (self.writes - oldest <= self.size)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"frames": self.frames.cpu(), "writes": self.writes,
-                "table": self.table.cpu(), "table_seq": self.table_seq.cpu()}
+        return {"frames": saved(self.frames), "writes": self.writes,
+                "table": saved(self.table), "table_seq": saved(self.table_seq)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for name in ("frames", "table", "table_seq"):
@@ -209,7 +209,7 @@ class FrameStorage:
 
     def state_dict(self) -> dict[str, Any]:
         return {"ring": self.ring.state_dict(),
-                **{name: getattr(self, name).cpu() for name in self._COLUMNS}}
+                **{name: saved(getattr(self, name)) for name in self._COLUMNS}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for name in self._COLUMNS:

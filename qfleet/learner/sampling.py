@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from qfleet.learner.persist import load_tensor, tensors_nbytes
+from qfleet.learner.persist import load_tensor, saved, tensors_nbytes
 
 
 def linear_anneal(step: int, start: float, end: float, steps: int) -> float:
@@ -87,7 +87,7 @@ class SumTree:
             parents[: len(sums)] = sums
 
     def state_dict(self) -> dict[str, Any]:
-        return {"priorities": self.levels[-1][: self.capacity].cpu()}
+        return {"priorities": saved(self.levels[-1][: self.capacity])}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "priorities" in state:
@@ -174,7 +174,7 @@ class PrioritizedSampler:
 
     def state_dict(self) -> dict[str, Any]:
         """Priorities and their running maximum; β follows the learner's update count."""
-        return {"tree": self.tree.state_dict(), "max_priority": self.max_priority.cpu()}
+        return {"tree": self.tree.state_dict(), "max_priority": saved(self.max_priority)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.tree.load_state_dict(state["tree"])
