@@ -33,14 +33,17 @@ if [[ -n "$dry" ]]; then
   small=(replay.capacity=100000 replay.min_size=2000 learner.batch_size=32
          actors.envs_per_actor=4 eval.episodes=2)
 fi
-# Run `qfleet ARGS`, its log to $OUT/log-NAME.txt, its JSON line to $OUT/NAME.json.
+# Run `qfleet ARGS`: its output appended to $OUT/log.txt, its JSON line to $OUT/NAME.json
+# (the device machine sends back 8 files at most: one log for all).
 bench() {
-  local name="$1"; shift
-  echo "== $name: qfleet $*"
-  python3 -m qfleet.cli "$@" --json 2>&1 | tee "$OUT/log-$name.txt" | grep -v '^{' \
-    | tail -n 12
-  grep '^{' "$OUT/log-$name.txt" | tail -n 1 > "$OUT/$name.json"
-  [[ -s "$OUT/$name.json" ]] || echo "!! $name wrote no JSON (see $OUT/log-$name.txt)"
+  local name="$1" step; shift
+  step="$(mktemp)"
+  echo "== $name: qfleet $*" | tee -a "$OUT/log.txt"
+  python3 -m qfleet.cli "$@" --json > "$step" 2>&1
+  grep -v '^{' "$step" | tee -a "$OUT/log.txt" | tail -n 12
+  grep '^{' "$step" | tail -n 1 > "$OUT/$name.json"
+  [[ -s "$OUT/$name.json" ]] || echo "!! $name wrote no JSON (see $OUT/log.txt)"
+  rm -f "$step"
 }
 {
   date -u
@@ -52,10 +55,10 @@ cat "$OUT/machine.txt"
 
 case "$part" in
   speed)
-    bench learner bench learner --device "$(pick cuda auto)" --batch-size 512 \
+    bench learner bench learner --device "$(pick cuda auto)" --batch-size "$(pick 512 32)" \
       --seconds "$(pick 8 1)"
-    bench learner-c51-noisy bench learner --device "$(pick cuda auto)" --batch-size 512 \
-      --head c51 --noisy --seconds "$(pick 8 1)"
+    bench learner-c51-noisy bench learner --device "$(pick cuda auto)" \
+      --batch-size "$(pick 512 32)" --head c51 --noisy --seconds "$(pick 8 1)"
     bench inference bench inference --device "$(pick cuda auto)" --actors "$(pick 15 2)" \
       --seconds "$(pick 16 2)"
     bench fleet-gpu-actors bench fleet --config configs/atari-1gpu.yaml \

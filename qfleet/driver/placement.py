@@ -163,14 +163,7 @@ def actors_that_fit(config: Config) -> int:
     free = dict(ray.available_resources())
     for key, value in learner.items():
         free[key] = free.get(key, 0.0) - value
-    per_node, learner_placed = 0, False
-    for node in (dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")):
-        if not learner_placed and bundles_in(node, learner) >= 1:  # where it will likely go
-            for key, value in learner.items():
-                node[key] -= value
-            learner_placed = True
-        per_node += bundles_in(node, need)
-    return min(per_node, bundles_in(free, need))
+    return min(sum(n.slots for n in actor_nodes(config)), bundles_in(free, need))
 
 
 def resolve_fleet(config: Config, autoscaling: bool) -> Config:
@@ -214,22 +207,21 @@ def gpu_share(nodes: Sequence[ActorNode], actors: int) -> float | None:
 
 
 def actor_nodes(config: Config) -> list[ActorNode]:
-    """The alive nodes that can host an actor, with the learner's GPU share taken out of
-    the first node that can host the learner (where it will likely go)."""
+    """The alive nodes that can host an actor, with the learner (and its GPU share) taken
+    out of the first node that can host it, where it will likely go."""
     a = config.actors
     learner = learner_bundle(config)
-    learner_gpu = learner.get("GPU", 0.0)
-    nodes = []
+    placed, nodes = False, []
     for node in (dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")):
         room = [1.0] * math.floor(node.get("GPU", 0.0) + 1e-6)
-        if learner_gpu and room and bundles_in(node, learner) >= 1:
-            whole, part = divmod(learner_gpu, 1.0)
+        if not placed and bundles_in(node, learner) >= 1:
+            placed = True
+            for key, value in learner.items():
+                node[key] -= value
+            whole, part = divmod(learner.get("GPU", 0.0), 1.0)
             room = room[int(whole):]
             if part and room:
                 room[0] -= part
-            learner_gpu = 0.0
-            for key, value in learner.items():
-                node[key] -= value
         slots = bundles_in(node, {"CPU": a.num_cpus, **a.resources})
         if slots:
             nodes.append(ActorNode(slots, [r for r in room if r > 1e-6]))
