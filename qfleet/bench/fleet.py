@@ -93,23 +93,14 @@ def host_memory() -> dict[str, Any]:
             "host_uss_mib_by_role": {k: round(v, 1) for k, v in sorted(by_role.items())}}
 
 
-def _bare_steps(env: dict[str, Any], envs: int, threads: int, seed: int, seconds: float
-                ) -> float:
-    """A Ray task: the bare vector env on this task's CPUs, random actions; steps/s."""
-    import numpy as np
+def _bare_steps(config: dict[str, Any], threads: int, seed: int, seconds: float) -> float:
+    """A Ray task: the bare vector env of an actor on this task's CPUs; steps/s."""
+    from qfleet.bench.common import bare_stepper, rate
+    from qfleet.config import config_from_dict
 
-    from qfleet.bench.common import rate
-    from qfleet.config import EnvConfig
-    from qfleet.envs import make_vec_env
-
-    vec = make_vec_env(EnvConfig(**env), envs, seed=seed, num_threads=threads)
-    vec.reset(seed=seed)
-    rng = np.random.default_rng(seed)
-
-    def step() -> int:
-        vec.step(rng.integers(0, vec.num_actions, envs))
-        return envs
-
+    cfg = config_from_dict(config)
+    cfg = cfg.model_copy(update={"env": cfg.env.model_copy(update={"env_threads": threads})})
+    vec, step = bare_stepper(cfg, cfg.actors.envs_per_actor, seed)
     try:
         return rate(step, seconds)
     finally:
@@ -122,9 +113,8 @@ def bare_rates(config: Any, count: int, seconds: float) -> list[float]:
 
     cpus = config.actors.num_cpus
     task = ray.remote(_bare_steps).options(num_cpus=cpus, scheduling_strategy="SPREAD")
-    env = config.env.model_dump()
-    refs = [task.remote(env, config.actors.envs_per_actor, max(1, math.floor(cpus)), 100 + i,
-                        seconds) for i in range(count)]
+    refs = [task.remote(config.to_dict(), max(1, math.floor(cpus)), 100 + i, seconds)
+            for i in range(count)]
     return list(ray.get(refs))
 
 
