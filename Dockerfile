@@ -35,6 +35,6 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 COPY --chown=1000:100 README.md ./
 COPY --chown=1000:100 qfleet ./qfleet
 RUN pip install --no-cache-dir --no-deps .
-COPY --chown=1000:100 configs ./configs
+COPY --chown=1000:100 qfleet/configs ./configs
 
 USER 1000:100

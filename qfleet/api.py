@@ -2,7 +2,7 @@
 callable from a script, a notebook, or a thread that is not the main one (only the main
 thread's Ctrl-C and SIGTERM are caught; elsewhere the caller stops the run).
 
-Bad input raises `ConfigError`, `CheckpointError` or `LearnerError` (all `ValueError`s)
+Bad input raises a `qfleet.errors.QfleetError` (a `ValueError`) of the kind that failed
 before anything starts, with the one line the command would print.
 """
 
@@ -20,9 +20,14 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from qfleet.checkpoint import CheckpointError, find_checkpoint, load_checkpoint, load_run_state
 from qfleet.config import Config, ConfigError, apply_override, config_from_dict, load_config
-from qfleet.storage import RunStorage
+from qfleet.runs.checkpoints import (
+    CheckpointError,
+    find_checkpoint,
+    load_checkpoint,
+    load_run_state,
+)
+from qfleet.runs.storage import RunStorage
 
 ConfigLike = str | os.PathLike[str] | dict[str, Any] | Config
 
@@ -192,7 +197,8 @@ def tune(config: ConfigLike | None, sweep: str | os.PathLike[str],
     Returns `sweep_dir`, `trials` (best first), `searched`, `best` (its trial, return,
     params and `best.yaml`), `interrupted`, `errors`.
     """
-    from qfleet.learner.learner import LearnerError, check_replay_fits, pick_device
+    from qfleet.errors import LearnerError
+    from qfleet.learner.learner import check_replay_fits, pick_device
     from qfleet.sweep.space import load_sweep, trial_config
     from qfleet.sweep.tuner import SweepPlan, check_plan, check_sweep_dir
 
@@ -299,7 +305,7 @@ def evaluate(checkpoint_or_run_dir: str | os.PathLike[str], episodes: int = 10,
     (protocol, ε, return mean/std/sem, human-normalized mean, episodes) with `checkpoint`
     and, with videos, their paths."""
     from qfleet.envs import is_atari
-    from qfleet.evaluation import Evaluator, Scores
+    from qfleet.evaluation.evaluator import Evaluator, Scores
 
     if episodes < 1:
         raise ConfigError(f"episodes: expected at least 1, got {episodes}")

@@ -14,8 +14,8 @@ from typing import Annotated
 import typer
 
 from qfleet.bench.cli import app as bench_app
-from qfleet.checkpoint import CheckpointError
 from qfleet.config import ConfigError
+from qfleet.errors import QfleetError
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Distributed DQN training on Ray.")
@@ -42,7 +42,8 @@ def _split_args(args: list[str]) -> tuple[str | None, list[str]]:
 @app.command()
 def train(
     args: Annotated[list[str] | None, typer.Argument(
-        help="CONFIG.yaml followed by overrides such as learner.lr=3e-4")] = None,
+        help="CONFIG.yaml followed by overrides such as learner.lr=3e-4 (what a key means: "
+             "qfleet config KEY)")] = None,
     run_dir: Annotated[str | None, typer.Option(
         help="Where logs and checkpoints go: a directory or a storage URI (s3://, gs://, "
              "file://).")] = None,
@@ -53,13 +54,12 @@ def train(
 ) -> None:
     """Train a DQN fleet: actors on CPUs, one learner, live console and TensorBoard."""
     from qfleet import api
-    from qfleet.driver.record import StopReason
-    from qfleet.learner.learner import LearnerError
+    from qfleet.runs.record import StopReason
 
     try:
         path, overrides = _split_args(args or [])
         summary = api.train(path, overrides, run_dir=run_dir, address=address, resume=resume)
-    except (ConfigError, CheckpointError, LearnerError) as err:
+    except QfleetError as err:
         raise _fail(str(err)) from None
     except OSError as err:  # the run directory cannot be written (summary, config)
         raise _fail(f"cannot write the run directory: {err}", EXIT_FAILED) from None
@@ -102,7 +102,6 @@ def tune(
     from rich.console import Console
 
     from qfleet import api
-    from qfleet.learner.learner import LearnerError
     from qfleet.sweep.results import table
 
     try:
@@ -115,7 +114,7 @@ def tune(
                        scheduler=scheduler, max_concurrent=max_concurrent,
                        perturb_every=perturb_every, run_dir=run_dir, address=address,
                        resume=resume)
-    except (ConfigError, CheckpointError, LearnerError) as err:
+    except QfleetError as err:
         raise _fail(str(err)) from None
     except OSError as err:
         raise _fail(f"cannot write the sweep directory: {err}", EXIT_FAILED) from None
@@ -161,7 +160,7 @@ def evaluate(
 
     try:
         result = api.evaluate(path, episodes, epsilon, protocol=protocol, video_dir=video)
-    except (ConfigError, CheckpointError) as err:
+    except QfleetError as err:
         raise _fail(str(err)) from None
     except OSError as err:
         raise _fail(f"cannot write the videos: {err}") from None
@@ -192,6 +191,23 @@ def evaluate(
     console.print(line)
     for video_path in result.get("videos", []):
         console.print(f"video: {video_path}")
+
+
+@app.command("config")
+def config_reference(
+    key: Annotated[str | None, typer.Argument(
+        help="A dotted key such as learner.lr, or a section such as learner; none: every "
+             "key.")] = None,
+) -> None:
+    """What config keys mean, with their types and defaults: the reference generated from
+    the config schema (qfleet/config.py), so it always matches this version."""
+    from qfleet import configref
+
+    try:
+        text = configref.describe(key) if key else configref.markdown()
+    except ConfigError as err:
+        raise _fail(str(err)) from None
+    print(text.rstrip("\n"))
 
 
 def main() -> None:

@@ -20,16 +20,21 @@ from pydantic import (
     model_validator,
 )
 
-
-class ConfigError(ValueError):
-    """Bad user input: printed as one line, exit code 2."""
+from qfleet.errors import ConfigError
+from qfleet.presets import resolve
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+    # use_attribute_docstrings: the string under each field is its `description`, from
+    # which `qfleet.configref` generates the config reference (`qfleet config KEY`).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False,
+                              use_attribute_docstrings=True)
 
 
 class EnvConfig(_Section):
+    """The environment the actors and the evaluation play, and its Atari preprocessing
+    (84×84 grayscale, frame skip 4 with max-pooling, frame stack, no-op starts)."""
+
     id: str = "CartPole-v1"
     """A Gymnasium id, `module:EnvName-v0` (the module registers it), or `module:attr` (a
     `gymnasium.Env` class or a factory). `ALE/<Game>-v5` and `<Game>NoFrameskip-v4` ids get
@@ -40,26 +45,42 @@ class EnvConfig(_Section):
     """Modules imported in the driver and in every worker before an env is made (packages
     that register their own ids)."""
     seed: int = 0
+    """Base seed of the run: the learner seeds torch with it, and each actor derives its
+    envs' and exploration's seeds from it and its own index (evaluation has its own)."""
     clip_rewards: bool | None = None
     """Clip rewards to [-1, 1] for the loss (returns are reported raw); default: on for ALE."""
     frame_stack: int = Field(4, ge=1, le=16)
+    """ALE: frames stacked into one observation (the CNN's input channels)."""
     noop_max: int = Field(30, ge=0)
+    """ALE: up to this many no-op actions at the start of each training episode
+    (evaluation follows `eval.protocol`)."""
     sticky_actions: float | None = Field(None, ge=0.0, le=1.0)
     """Repeat-action probability; default: 0.25 for `-v5` ALE ids (Machado et al. 2018), else 0."""
     episodic_life: bool = False
+    """ALE: a life lost ends the training episode (never an evaluation episode)."""
     max_episode_steps: int | None = Field(None, ge=1)
+    """Time limit of a training episode in agent steps (a truncation, which still
+    bootstraps); none: the env's own (ALE: 108,000 frames)."""
     env_threads: int = Field(0, ge=0)
     """ALE emulator threads per actor; 0 = 1 when its envs run in batches, else 2."""
 
 
 class NetworkConfig(_Section):
+    """The Q-network, shared by the learner, the actors' acting copies and the
+    evaluation."""
+
     kind: Literal["auto", "mlp", "nature_cnn"] = "auto"
-    """`auto`: Nature CNN for image observations, MLP otherwise."""
+    """`mlp` (layers of `hidden` units), `nature_cnn` (Mnih et al. 2015, for (C, 84, 84)
+    observations), or `auto`: the Nature CNN for image observations, the MLP otherwise."""
     hidden: tuple[int, ...] = (64, 64)
+    """MLP hidden layer sizes, input to output (the Nature CNN has its own)."""
     dueling: bool = False
+    """Dueling head (Wang et al. 2016): Q = V + A − mean(A), per atom under a
+    distributional head."""
     noisy: bool = False
-    """Noisy nets (Fortunato et al. 2018): the head's linear layers factorised-Gaussian
-    noisy, redrawn by the actors every vector step and by the learner every update;
+    """Noisy nets (Fortunato et al. 2018): every linear layer (not the convolutions)
+    factorised-Gaussian noisy, redrawn by the actors every vector step and by the learner
+    every update;
     exploration without ε (`actors.epsilon: none`), or beside it."""
     noisy_sigma0: float = Field(0.5, gt=0.0)
     """σ₀ of the noisy layers' initial noise scale σ = σ₀/√fan-in."""
@@ -72,9 +93,13 @@ class NetworkConfig(_Section):
 
 
 class ActorsConfig(_Section):
+    """The fleet: Ray actors, each stepping a vector of envs with its acting copy
+    of the Q-network, exploring, and streaming n-step transitions to the learner."""
+
     num_actors: int | Literal["auto"] = 2
-    """`auto`: as many as the cluster's free CPUs hold, growing as nodes join; with an
-    autoscaler and `max_actors` set, `max_actors` asked of the autoscaler."""
+    """Ray actors, each with its own vector of envs; more than the cluster holds are asked
+    of Ray's autoscaler. `auto`: as many as the cluster's free CPUs hold, growing as nodes
+    join; with an autoscaler and `max_actors` set, `max_actors` asked of the autoscaler."""
     max_actors: int | None = Field(None, ge=1, le=4096)
     """Ceiling for an `auto` fleet (default: 4× the actors that fit at start)."""
     scale_timeout_s: float = Field(600.0, gt=0)
@@ -84,13 +109,20 @@ class ActorsConfig(_Section):
     resources: dict[str, float] = {}
     """Extra Ray resources each actor needs, e.g. a custom `{actor_node: 1}` label."""
     envs_per_actor: int = Field(8, ge=1, le=1024)
+    """Envs per actor, stepped together with one batched forward pass per vector step."""
     epsilon: Literal["apex", "linear", "none"] = "apex"
-    """`apex`: fixed ε_i = ε^(1+α·i/(N−1)) over all N envs of the fleet; `linear`: decays;
-    `none`: greedy (with `network.noisy`, the noise explores)."""
+    """`apex`: each env a fixed ε_i = ε^(1+α·i/(N−1)), N every env the fleet may ever run
+    (`max_actors` × `envs_per_actor` when elastic), places dealt so that any first few
+    actors span the whole schedule; `linear`: one ε for all, decaying over the fleet's env
+    steps; `none`: greedy (with `network.noisy`, the noise explores)."""
     apex_epsilon: float = Field(0.4, gt=0.0, le=1.0)
+    """`apex`: the base ε of the schedule (the most exploring env's ε)."""
     apex_alpha: float = Field(7.0, ge=0.0)
+    """`apex`: the exponent α spreading ε over the envs (0: every env at `apex_epsilon`)."""
     epsilon_start: float = Field(1.0, ge=0.0, le=1.0)
+    """`linear`: ε at the start."""
     epsilon_end: float = Field(0.05, ge=0.0, le=1.0)
+    """`linear`: ε after `epsilon_decay_steps`, kept for the rest of the run."""
     epsilon_decay_steps: int = Field(10_000, ge=1)
     """Fleet env steps over which the linear ε decays."""
     epsilon_hold_steps: int = Field(0, ge=0)
@@ -117,6 +149,7 @@ class ActorsConfig(_Section):
     max_in_flight: int = Field(2, ge=1, le=64)
     """Chunks an actor may have unacknowledged by the learner: the backpressure bound."""
     num_cpus: float = Field(1.0, gt=0.0)
+    """Ray CPUs each actor holds: with the node's CPUs, how many actors fit on a node."""
     max_restarts: int = Field(5, ge=0)
     """Restarts of one actor within `restart_window_s` after which the run stops, quoting
     the actor's own error (an env that raises at every reset, say)."""
@@ -144,13 +177,24 @@ class ActorsConfig(_Section):
 
 
 class LearnerConfig(_Section):
+    """The one learner: it holds the replay, samples batches, takes Adam steps on the TD
+    loss, keeps the target network and publishes weights to the actors."""
+
     lr: float = Field(1e-4, gt=0.0, le=1.0)
+    """Adam's learning rate."""
     adam_eps: float = Field(1.5e-4, gt=0.0)
+    """Adam's ε, added to the denominator of each step: larger values damp the steps of
+    weights whose gradients are small."""
     batch_size: int = Field(32, ge=1, le=65536)
+    """Transitions per gradient update; with a replay, at most `replay.capacity`."""
     gamma: float = Field(0.99, ge=0.0, le=1.0)
+    """Discount per env step; an n-step target bootstraps with γ^n."""
     n_step: int = Field(1, ge=1, le=100)
+    """Rewards summed (discounted) by the actors before the target bootstraps; an episode's
+    end cuts the sum short."""
     loss: Literal["mse", "huber"] = "mse"
-    """Of the expected-value TD error (a distributional learner has its own loss)."""
+    """`mse` (squared, the course's) or `huber`, of the expected-value TD error (a
+    distributional learner has its own loss)."""
     distribution: Literal["none", "c51", "qr"] = "none"
     """The value head: `none`, the expected Q; `c51` (Bellemare et al. 2017), a categorical
     distribution on `atoms` fixed points of [`v_min`, `v_max`], the n-step target
@@ -163,24 +207,37 @@ class LearnerConfig(_Section):
     v_max: float = 10.0
     """`c51`: the support's highest return."""
     double_dqn: bool = False
+    """Double DQN (van Hasselt et al. 2016): the online network picks the next action, the
+    target network values it."""
     target_update: Literal["none", "hard", "polyak"] = "hard"
-    """`none`: bootstrap from the online network (the course's barebone DQN)."""
+    """`hard`: copy the online network every `target_update_every` updates; `polyak`: move
+    it by `tau` every update; `none`: bootstrap from the online network (the course's
+    barebone DQN)."""
     target_update_every: int = Field(1000, ge=1)
     """Updates between hard target syncs."""
     tau: float = Field(0.005, gt=0.0, le=1.0)
+    """`polyak`: target ← target + τ·(online − target) after every update."""
     grad_clip: float | None = Field(None, gt=0.0)
+    """Largest global L2 norm of the gradient (clipped to it before each Adam step); none:
+    no clipping."""
     replay_ratio: float | None = Field(None, gt=0.0)
-    """Target (updates × batch_size) / transitions; none = learn as fast as possible."""
+    """Target (updates × batch_size) / transitions: the learner waits when ahead of it;
+    none = learn as fast as possible."""
     throttle_actors: bool = True
     """With `replay_ratio`: slow the actors when the learner falls behind (else the learner
     only waits when it is ahead)."""
     publish_every: int = Field(10, ge=1)
     """Updates between weight publishes to the actors."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where the learner (and the replay) lives. `auto`: it is given a `num_gpus` share when
+    the cluster has a GPU, and runs on `cuda` if its torch then sees one, else on `cpu`;
+    `cuda` is refused at start when there is no GPU."""
     num_gpus: float = Field(1.0, gt=0.0, le=1.0)
     """The share of a GPU the learner holds when it runs on one: below 1, several learners
     (the trials of a sweep) share a GPU."""
     num_threads: int = Field(1, ge=1)
+    """torch's threads in the learner's process (a CPU learner's update); Ray reserves one
+    CPU for the learner whatever this says."""
     cuda_graph: bool = True
     """On a GPU, replay each update (loss, backward, clipping, Adam) as one CUDA graph: the
     eager update is bound by the host launching its kernels. No effect on a CPU."""
@@ -200,14 +257,19 @@ class LearnerConfig(_Section):
 
 
 class ReplayConfig(_Section):
+    """The replay: a ring of transitions on the learner's device, sampled uniformly or by
+    priority."""
+
     kind: Literal["uniform", "prioritized", "none"] = "uniform"
-    """`none`: no replay, learn on each streamed transition once, in arrival order."""
+    """`uniform`; `prioritized` (proportional, Schaul et al. 2016); `none`: no replay,
+    learn on each streamed transition once, in arrival order."""
     alpha: float = Field(0.6, ge=0.0, le=1.0)
-    """Prioritized: P(i) ∝ p_i^α."""
+    """Prioritized: P(i) ∝ p_i^α, p_i the transition's last |TD error| (a distributional
+    learner's loss) plus a small ε, new ones at the highest p so far; 0 is uniform."""
     beta0: float = Field(0.4, ge=0.0, le=1.0)
     """Prioritized: importance-sampling exponent at the start, annealed to 1."""
     beta_steps: int = Field(100_000, ge=1)
-    """Prioritized: learner updates over which β reaches 1."""
+    """Prioritized: learner updates over which β rises linearly to 1."""
     save_on_exit: bool = True
     """Save the replay's contents at the end of a run (when the disk has room for twice its
     size), so that `--resume` continues with them instead of an empty replay."""
@@ -216,13 +278,23 @@ class ReplayConfig(_Section):
     driver or machine) and a restarted learner get it too; costs writing the whole replay
     at every checkpoint."""
     capacity: int = Field(100_000, ge=1)
+    """Transitions kept, the oldest overwritten; refused at start when they would not fit
+    in the learner device's free memory (Atari frames are stored once)."""
     min_size: int = Field(1000, ge=1)
-    """Transitions stored before learning starts (warm-up)."""
+    """Transitions stored before learning starts (warm-up); at most `capacity`. Ignored by
+    `kind: none`."""
 
 
 class StopConfig(_Section):
+    """When the run ends: at the first limit reached; at least one must be set. A `stop`
+    section, once given, replaces the default whole: the limits it leaves out are none."""
+
     env_steps: int | None = Field(None, ge=1)
+    """Env steps over the whole fleet (every env's step counts; a resumed run's count
+    goes on from its checkpoint)."""
     time_s: float | None = Field(None, gt=0)
+    """Seconds of training, counted from when the learner and the actors are up (a sweep
+    trial counts its checkpoint lineage's time too)."""
     target_return: float | None = None
     """Stop when the greedy evaluation mean reaches this."""
 
@@ -234,8 +306,13 @@ class StopConfig(_Section):
 
 
 class EvalConfig(_Section):
+    """Greedy evaluation of the learner's weights, run beside training (never blocking
+    it); its mean return is what `stop.target_return` is compared with."""
+
     every_s: float = Field(30.0, gt=0)
+    """Seconds between evaluations (one is never started while another runs)."""
     episodes: int = Field(10, ge=1, le=1000)
+    """Episodes per evaluation, played side by side, each in its own env."""
     epsilon: float = Field(0.001, ge=0.0, le=1.0)
     """Random-action probability of the evaluation (0.001: Machado et al. 2018)."""
     protocol: Literal["sticky", "noop30"] = "sticky"
@@ -252,22 +329,38 @@ class EvalConfig(_Section):
 
 
 class LogConfig(_Section):
+    """The console, and the checkpoints in the run directory."""
+
     console_every_s: float = Field(5.0, gt=0)
+    """Seconds between status lines when the output is not a terminal (a terminal gets a
+    live progress line)."""
     episode_every_s: float = Field(2.0, gt=0)
     """At most one episode line per this many seconds (the rest are counted)."""
     checkpoint_every_updates: int = Field(10_000, ge=1)
+    """Learner updates between periodic checkpoints (`checkpoints/ckpt-<updates>.pt`)."""
     keep_checkpoints: int = Field(3, ge=1)
+    """Newest checkpoints kept in the run directory; older ones are deleted."""
 
 
 class Config(_Section):
+    """A whole run: one section per part of the pipeline; every key is optional."""
+
     env: EnvConfig = EnvConfig()
+    """The environment and its preprocessing."""
     network: NetworkConfig = NetworkConfig()
+    """The Q-network's architecture."""
     actors: ActorsConfig = ActorsConfig()
+    """The actor fleet: size, placement, exploration, streaming."""
     learner: LearnerConfig = LearnerConfig()
+    """The learner: optimizer, loss, target network, pace, placement."""
     replay: ReplayConfig = ReplayConfig()
+    """The replay buffer: kind, size, priorities, persistence."""
     stop: StopConfig = StopConfig(time_s=600)
+    """When the run ends."""
     eval: EvalConfig = EvalConfig()
+    """The greedy evaluation beside training."""
     log: LogConfig = LogConfig()
+    """Console output and checkpoints."""
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
@@ -368,8 +461,8 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     """Read a YAML file (or start from defaults), apply overrides, validate."""
     data: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
-        loaded = read_yaml(p, "config", repr(str(p)))
+        p = resolve(path)  # `configs/NAME.yaml` is the shipped one where no such file is here
+        loaded = read_yaml(p, "config", repr(str(path)))
         if loaded is None:
             raise ConfigError(f"config {str(p)!r} is empty: give at least a `stop` section "
                               "(see configs/)")

@@ -23,7 +23,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from qfleet.config import ConfigError, EnvConfig
+from qfleet.config import EnvConfig
+from qfleet.errors import EnvError
 
 ALE_PREFIX = "ALE/"
 # 108,000 frames = 30 minutes of play, the standard Atari episode cap (Machado et al. 2018).
@@ -100,7 +101,7 @@ def import_env_modules(cfg: EnvConfig) -> None:
         try:
             importlib.import_module(name)
         except Exception as err:
-            raise ConfigError(f"env.imports: cannot import {name!r}: "
+            raise EnvError(f"env.imports: cannot import {name!r}: "
                               f"{type(err).__name__}: {err}") from None
 
 
@@ -129,7 +130,7 @@ def check_env_id(env_id: str) -> None:
     """Refuse unknown ids up front, naming the key (a factory is checked when made)."""
     match = ATARI_V4.match(env_id)
     if match and match["variant"] != "NoFrameskip" and _has_rom(ale_game(match["game"])):
-        raise ConfigError(
+        raise EnvError(
             f"env.id: {env_id!r} is a Gymnasium v4 Atari id without the DQN preprocessing "
             f"(frame skip of its own); use 'ALE/{match['game']}-v5' (sticky actions, "
             f"Machado et al. 2018) or '{match['game']}NoFrameskip-v4' (the DQN-era setup)")
@@ -137,10 +138,10 @@ def check_env_id(env_id: str) -> None:
         _register_ale()
         if not _has_rom(ale_game(env_id)) or (env_id.startswith(ALE_PREFIX)
                                                and env_id not in gym.envs.registry):
-            raise ConfigError(f"env.id: unknown Atari environment {env_id!r}")
+            raise EnvError(f"env.id: unknown Atari environment {env_id!r}")
         return
     if ":" not in env_id and env_id not in gym.envs.registry:
-        raise ConfigError(f"env.id: unknown Gymnasium environment {env_id!r}")
+        raise EnvError(f"env.id: unknown Gymnasium environment {env_id!r}")
 
 
 def env_factory(cfg: EnvConfig) -> Callable[[], gym.Env]:
@@ -156,7 +157,7 @@ def env_factory(cfg: EnvConfig) -> Callable[[], gym.Env]:
         try:
             module = importlib.import_module(module_name)
         except Exception as err:
-            raise ConfigError(f"env.id: cannot import module {module_name!r} of {cfg.id!r}: "
+            raise EnvError(f"env.id: cannot import module {module_name!r} of {cfg.id!r}: "
                               f"{type(err).__name__}: {err}") from None
         target = getattr(module, attr, None)
         if callable(target):
@@ -166,7 +167,7 @@ def env_factory(cfg: EnvConfig) -> Callable[[], gym.Env]:
 
             return make
         if attr not in gym.envs.registry:
-            raise ConfigError(f"env.id: module {module_name!r} has no attribute {attr!r} and "
+            raise EnvError(f"env.id: module {module_name!r} has no attribute {attr!r} and "
                               f"registers no Gymnasium id {attr!r}")
         name = attr
     if steps is not None:
@@ -187,21 +188,21 @@ def env_spec(cfg: EnvConfig) -> EnvSpec:
     try:
         env = make()
     except Exception as err:  # missing optional dependency, bad kwargs, ...
-        raise ConfigError(f"env.id: cannot make {cfg.id!r}: {type(err).__name__}: "
+        raise EnvError(f"env.id: cannot make {cfg.id!r}: {type(err).__name__}: "
                           f"{err}") from None
     try:
         if not isinstance(env, gym.Env):
-            raise ConfigError(f"env.id: {cfg.id!r} made a {type(env).__name__}, not a "
+            raise EnvError(f"env.id: {cfg.id!r} made a {type(env).__name__}, not a "
                               "gymnasium.Env")
         space, action_space = env.observation_space, env.action_space
     finally:
         with contextlib.suppress(Exception):
             env.close()
     if not isinstance(action_space, gym.spaces.Discrete):
-        raise ConfigError(f"env.id: {cfg.id!r} has a {type(action_space).__name__} action "
+        raise EnvError(f"env.id: {cfg.id!r} has a {type(action_space).__name__} action "
                           "space; DQN needs Discrete actions")
     if not isinstance(space, gym.spaces.Box):
-        raise ConfigError(f"env.id: {cfg.id!r} has a {type(space).__name__} observation "
+        raise EnvError(f"env.id: {cfg.id!r} has a {type(space).__name__} observation "
                           "space; qfleet supports Box observations")
     dtype = np.dtype(np.uint8) if space.dtype == np.uint8 else np.dtype(np.float32)
     return EnvSpec(tuple(space.shape), dtype, int(action_space.n), False)

@@ -21,7 +21,7 @@ from qfleet.driver.placement import (
     resolve_actor_device,
 )
 from qfleet.envs import env_spec
-from qfleet.learner.learner import LearnerError
+from qfleet.errors import PlacementError
 from qfleet.networks import build_q_network
 from tests.conftest import CONFIGS
 
@@ -81,6 +81,7 @@ def gpu_ray():
     ray.shutdown()
 
 
+@pytest.mark.slow  # a local Ray
 def test_auto_takes_gpu_shares_only_where_the_learner_leaves_room(gpu_ray):
     base = ["stop.env_steps=1", "actors.num_actors=2"]
     half = resolve_actor_device(load_config(None, [*base, "learner.num_gpus=0.5"]), False)
@@ -92,21 +93,22 @@ def test_auto_takes_gpu_shares_only_where_the_learner_leaves_room(gpu_ray):
     assert resolve_actor_device(load_config(None, base), False).actors.device == "cpu"
     assert resolve_actor_device(load_config(None, [*base, "learner.num_gpus=0.5"]),
                                 True).actors.device == "cpu"
-    with pytest.raises(LearnerError, match=r"actors\.device: cuda requested"):
+    with pytest.raises(PlacementError, match=r"actors\.device: cuda requested"):
         resolve_actor_device(load_config(None, [*base, "actors.device=cuda"]), False)
     # A given share is checked too: with the learner on the whole GPU none fits.
     assert resolve_actor_device(load_config(None, [*base, "actors.num_gpus=0.1"]),
                                 False).actors.device == "cpu"
-    with pytest.raises(LearnerError, match=r"of GPU share 0\.1 do not fit"):
+    with pytest.raises(PlacementError, match=r"of GPU share 0\.1 do not fit"):
         resolve_actor_device(load_config(None, [*base, "actors.device=cuda",
                                                 "actors.num_gpus=0.1"]), False)
-    with pytest.raises(LearnerError, match=r"autoscaler needs actors\.num_gpus"):
+    with pytest.raises(PlacementError, match=r"autoscaler needs actors\.num_gpus"):
         resolve_actor_device(load_config(None, [*base, "actors.device=cuda"]), True)
     cpu = resolve_actor_device(load_config(None, [*base, "actors.device=cpu",
                                                   "learner.num_gpus=0.5"]), False)
     assert cpu.actors.device == "cpu" and "GPU" not in actor_bundle(cpu)
 
 
+@pytest.mark.slow  # a real run
 def test_a_fleet_on_gpu_shares_without_a_usable_gpu_falls_back_and_learns(gpu_ray, tmp_path,
                                                                           capsys):
     """`qfleet.train` on a Ray with a declared GPU: the learner and the actors are placed

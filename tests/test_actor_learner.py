@@ -7,6 +7,8 @@ from qfleet.actors.actor import Actor
 from qfleet.config import load_config
 from qfleet.envs import env_spec
 from qfleet.learner.learner import Learner
+from qfleet.learner.rate_limiter import RateLimiter
+from qfleet.learner.tally import StatsWindow
 
 
 def make(overrides):
@@ -26,43 +28,23 @@ def test_actor_chunks_feed_the_learner_and_weights_flow_back():
     assert chunk.transitions.obs.dtype == np.float32
     allowed = np.array([0.0, 0.99, 0.99**2, 0.99**3], dtype=np.float32)
     assert np.isin(chunk.transitions.discount, allowed).all()
+    window = StatsWindow(learner.device)
+    window.chunk(chunk, learner.version)
     learner.add(chunk)
-    assert learner.ready()
+    assert RateLimiter(config).can_update(learner)
     before = {k: v.clone() for k, v in learner.online.state_dict().items()}
     for _ in range(10):
-        learner.step()
+        window.update(learner.step(learner.sample()))
     assert learner.updates == 10
     version, weights = learner.get_weights()
     assert version == 1
     assert any(not torch.equal(before[k], weights[k]) for k in weights)
     actor.set_weights(version, weights)
     assert actor.collect(1).version == 1
-    stats = learner.pop_stats()
+    stats = window.pop(learner)
     assert stats.counters.updates == 10 and np.isfinite(stats.loss)
-    assert stats.policy_lag == 0.0
-
-
-def test_replay_ratio_holds_the_learner_back():
-    config, spec = make(["actors.envs_per_actor=2", "replay.min_size=10",
-                         "learner.batch_size=10", "learner.replay_ratio=1"])
-    actor, learner = Actor(config, spec, 0, 1), Learner(config, spec)
-    learner.add(actor.collect(25))  # about 50 transitions
-    while learner.ready():
-        learner.step()
-    assert learner.updates * 10 <= learner.transitions < (learner.updates + 1) * 10
-
-
-def test_barebone_learns_each_transition_once():
-    config, spec = make(["env.id=LunarLander-v3", "replay.kind=none", "learner.batch_size=1",
-                         "learner.target_update=none", "actors.envs_per_actor=1"])
-    actor, learner = Actor(config, spec, 0, 1), Learner(config, spec)
-    assert learner.target is learner.online
-    chunk = actor.collect(20)
-    learner.add(chunk)
-    while learner.ready():
-        learner.step()
-    assert learner.updates == len(chunk.transitions) == 20
-    assert learner.wants_data()
+    assert stats.policy_lag == 0.0 and stats.epsilon == chunk.epsilon
+    assert window.pop(learner).loss is None  # the means start again
 
 
 def test_learner_state_round_trip():
@@ -70,7 +52,7 @@ def test_learner_state_round_trip():
     actor, learner = Actor(config, spec, 0, 1), Learner(config, spec)
     learner.add(actor.collect(10))
     for _ in range(3):
-        learner.step()
+        learner.step(learner.sample())
     state = learner.state_dict()
     other = Learner(config, spec)
     other.load_state_dict(state)
@@ -85,32 +67,12 @@ def test_a_loaded_optimizer_takes_this_configs_learning_rate():
     config, spec = make(["replay.min_size=32", "learner.lr=1e-3"])
     actor, learner = Actor(config, spec, 0, 1), Learner(config, spec)
     learner.add(actor.collect(10))
-    learner.step()
+    learner.step(learner.sample())
     changed, _ = make(["replay.min_size=32", "learner.lr=5e-4", "learner.adam_eps=1e-5"])
     other = Learner(changed, spec)
     other.load_state_dict(learner.state_dict())
     assert [(g["lr"], g["eps"]) for g in other.optimizer.param_groups] == [(5e-4, 1e-5)]
     assert other.optimizer.state  # the moments came along
-
-
-def test_actors_are_throttled_to_the_replay_ratio():
-    config, spec = make(["actors.envs_per_actor=2", "replay.min_size=20",
-                         "learner.batch_size=10", "learner.replay_ratio=2"])
-    actor, learner = Actor(config, spec, 0, 1), Learner(config, spec)
-    assert learner.accepts(20)  # warm-up is never throttled
-    while learner.accepts(4):
-        learner.add(actor.collect(2))
-    # Actors must wait now; each update (10 samples at ratio 2) makes room for 5 more.
-    before = learner.transitions
-    assert not learner.accepts(4)
-    for _ in range(20):
-        if learner.ready():
-            learner.step()
-    assert learner.accepts(4)
-    assert learner.transitions == before
-    off = load_config(None, ["stop.env_steps=1", "learner.replay_ratio=2",
-                             "learner.throttle_actors=false"])
-    assert Learner(off, spec).accepts(10**9)
 
 
 def test_a_nonfinite_loss_skips_the_update():
@@ -119,41 +81,12 @@ def test_a_nonfinite_loss_skips_the_update():
     learner.add(actor.collect(10))
     before = {k: v.clone() for k, v in learner.online.state_dict().items()}
     learner.fault_hook = lambda loss: loss * float("nan")
-    learner.step()
+    learner.step(learner.sample())
     assert learner.updates == 0 and learner.nonfinite_skipped == 1
     assert all(torch.equal(before[k], v) for k, v in learner.online.state_dict().items())
     learner.fault_hook = None
-    learner.step()
+    learner.step(learner.sample())
     assert learner.updates == 1
-
-
-def test_a_resumed_learner_refills_its_replay_before_throttling():
-    config, spec = make(["replay.min_size=40", "learner.batch_size=10",
-                         "learner.replay_ratio=1"])
-    actor, learner = Actor(config, spec, 0, 1), Learner(config, spec)
-    while learner.accepts(16):
-        learner.add(actor.collect(2))
-    state = learner.state_dict()
-    resumed = Learner(config, spec)
-    resumed.load_state_dict(state)  # counters back, replay empty
-    assert resumed.accepts(16)
-
-
-def test_a_resumed_learner_with_its_replay_admits_a_chunk_larger_than_two_batches():
-    # At the ratio's edge the learner waits for data: the actor's next chunk (4 x 8 = 32
-    # transitions, more than two batches of 10) must get in, or both wait for ever.
-    config, spec = make(["replay.min_size=40", "learner.batch_size=10", "learner.replay_ratio=1",
-                         "actors.envs_per_actor=4", "actors.chunk_steps=8"])
-    actor, learner = Actor(config, spec, 0, 1), Learner(config, spec)
-    while len(learner.replay) < 200:
-        learner.add(actor.collect(8))
-    while learner.ready():
-        learner.step()
-    state = {**learner.state_dict(), "replay": learner.replay_state()}
-    resumed = Learner(config, spec)
-    resumed.load_state_dict(state)
-    assert not resumed.ready()
-    assert resumed.accepts(len(actor.collect(8).transitions))
 
 
 def test_a_bfloat16_acting_copy_tracks_the_float32_network():

@@ -12,11 +12,11 @@ import pytest
 import yaml
 
 import qfleet
-from qfleet.checkpoint import CheckpointError
 from qfleet.config import ConfigError
+from qfleet.runs.checkpoints import CheckpointError
 from tests.conftest import CONFIGS
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

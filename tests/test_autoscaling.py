@@ -1,7 +1,8 @@
 """The fleet asks Ray's own autoscaler for nodes: a head of 1 CPU (the learner's) and worker
 nodes launched on this machine on demand by Ray's fake multi-node provider
 (`cluster/local-autoscale-start.sh`), exactly as on a cloud with `min_workers: 0`. The fleet
-growing onto autoscaled nodes: tests/test_readme.py runs README's block for it."""
+growing onto autoscaled nodes: tests/test_docs_blocks.py runs docs/clusters/local.md's block
+for it."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 
 from tests.conftest import ROOT, local_cluster, summary
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.slow
 
 LABELS = ['learner.resources={"qfleet_learner": 1}', 'actors.resources={"qfleet_actor": 1}']
 PROBE = """

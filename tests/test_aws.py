@@ -1,6 +1,6 @@
 """What of the AWS walkthrough runs without an account, against a local AWS (moto's S3, IAM
 and EC2 server): `qfleet train --run-dir s3://…` mirroring into a bucket, TensorBoard
-reading the curves straight from it with the README's command, cluster/aws-setup.sh, and
+reading the curves straight from it with the AWS guide's command, cluster/aws-setup.sh, and
 Ray's own AWS bootstrap of cluster/aws.yaml (the first thing `ray up` does)."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import ROOT, summary
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.slow
 
 BUCKET = "qfleet-runs"
 
@@ -82,7 +82,7 @@ def test_a_run_in_a_bucket_is_mirrored_and_tensorboard_reads_it(local_aws, tmp_p
     staged = next((tmp_path / ".cache" / "qfleet" / "staging").iterdir())
     assert summary(staged)["run_uri"] == uri
 
-    # README: `AWS_REGION=us-west-2 tensorboard --logdir s3://YOUR-BUCKET/runs/si`
+    # docs/clusters/aws.md: `AWS_REGION=us-west-2 tensorboard --logdir s3://YOUR-BUCKET/runs/si`
     port = free_port()
     board = subprocess.Popen(["tensorboard", "--logdir", uri, "--port", str(port),
                               "--host", "127.0.0.1", "--reload_interval", "1"],

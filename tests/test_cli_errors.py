@@ -22,6 +22,7 @@ def test_bad_values_are_refused_before_ray_starts(extra, fragment, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow  # starts Ray for its last case
 def test_unreadable_and_invalid_yaml(tmp_path):
     assert_one_line_error(qfleet("train", tmp_path / "missing.yaml"), "cannot read config")
     bad = tmp_path / "bad.yaml"
@@ -34,6 +35,7 @@ def test_unreadable_and_invalid_yaml(tmp_path):
     assert_one_line_error(qfleet("train", "--bogus-option"), "No such option: --bogus-option")
 
 
+@pytest.mark.slow  # trains a run to truncate
 def test_evaluate_refuses_missing_truncated_and_foreign_checkpoints(tmp_path):
     assert_one_line_error(qfleet("evaluate", tmp_path / "nope.pt"), "does not exist")
     assert_one_line_error(qfleet("evaluate", tmp_path), "not a qfleet run directory")
@@ -49,6 +51,7 @@ def test_resume_of_a_directory_that_is_not_a_run(tmp_path):
     assert_one_line_error(qfleet("train", "--resume", tmp_path), "not a qfleet run directory")
 
 
+@pytest.mark.slow  # starts a local Ray
 @pytest.mark.parametrize(("extra", "fragment"), [
     (["actors.num_cpus=64"], "actors.num_cpus: 64 CPUs per actor, but this machine has"),
     (['actors.resources={"tpu_pod": 1}'], "resources {'tpu_pod': 1.0}"),

@@ -66,7 +66,7 @@ def test_a_bad_import_is_one_line_bad_input(tmp_path):
     assert_one_line_error(result, "env.imports: cannot import 'no_such_package'")
 
 
-@pytest.mark.integration
+@pytest.mark.slow
 def test_a_fleet_trains_on_a_custom_env_class(tmp_path):
     run_dir = tmp_path / "run"
     # A time limit: a greedy policy that never reaches the end would make the final

@@ -9,7 +9,7 @@ import pytest
 from qfleet.atari_scores import SCORES, human_normalized
 from qfleet.config import Config, load_config
 from qfleet.envs import env_spec
-from qfleet.evaluation import Evaluator, Scores, evaluation_env
+from qfleet.evaluation.evaluator import Evaluator, Scores, evaluation_env
 from qfleet.networks import build_q_network
 from qfleet.transitions import Episode
 from tests.conftest import CONFIGS
@@ -105,6 +105,6 @@ def test_the_atari_camera_plays_the_agents_episode():
     ("cartpole.yaml", [], None),
 ])
 def test_the_training_protocol_is_named(config, overrides, expected):
-    from qfleet.evaluation import training_protocol
+    from qfleet.evaluation.evaluator import training_protocol
 
     assert training_protocol(load_config(CONFIGS / config, overrides)) == expected

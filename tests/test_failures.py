@@ -13,8 +13,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+import yaml
+
 from qfleet.bench.common import run_processes, scalars
 from tests.conftest import CONFIGS, ROOT, qfleet, summary
+
+pytestmark = pytest.mark.slow  # kills and failures of real runs
 
 
 def start(run_dir: Path, *args: str) -> subprocess.Popen[str]:
@@ -49,7 +54,10 @@ def test_a_killed_learner_restarts_from_its_checkpoint_and_the_run_still_solves(
     assert "learner back on cpu" in out
     s = summary(run_dir)
     assert s["learner_restarts"] >= 1 and s["stopped_by"] == "target_return"
-    assert s["eval_return_mean"] >= 475 and s["chunks_dropped"] >= 0
+    assert s["eval_return_mean"] >= 475
+    # Only chunks in flight die with a learner: per restart, at most each actor's bound.
+    in_flight = yaml.safe_load((run_dir / "config.yaml").read_text())["actors"]["max_in_flight"]
+    assert s["chunks_dropped"] <= s["num_actors"] * in_flight * s["learner_restarts"]
     restarts = scalars(run_dir, "fleet/learner_restarts")
     assert restarts and restarts[-1].value >= 1
     steps = [e.step for e in sorted(scalars(run_dir, "learner/updates"),

@@ -12,7 +12,6 @@ from qfleet.config import load_config
 from qfleet.envs import env_spec
 from qfleet.learner.graphed import GraphedUpdate
 from qfleet.learner.learner import Learner, make_adam
-from qfleet.learner.loss import dqn_loss
 
 C51 = ["learner.distribution=c51", "learner.v_min=0", "learner.v_max=50", "learner.atoms=21"]
 QR = ["learner.distribution=qr", "learner.atoms=8"]
@@ -21,12 +20,13 @@ HEADS = pytest.mark.parametrize("head", [[], C51, QR, C51 + NOISY],
                                 ids=["expected", "c51", "qr", "c51-noisy"])
 
 
-def filled_learner(device: str = "cpu", head: list[str] | None = None) -> Learner:
+def filled_learner(device: str = "cpu", head: list[str] | None = None,
+                   cuda_graph: bool = False) -> Learner:
     config = load_config(None, [
         "env.id=CartPole-v1", "replay.kind=prioritized", "replay.min_size=64",
         "learner.batch_size=32", "learner.double_dqn=true", "learner.loss=huber",
         "learner.grad_clip=10", "learner.lr=1e-3", f"learner.device={device}",
-        *(head or [])])
+        f"learner.cuda_graph={cuda_graph}", *(head or [])])
     spec = env_spec(config.env)
     learner, actor = Learner(config, spec, device), Actor(config, spec, 0, seed=0)
     while len(learner.replay) < 256:
@@ -35,43 +35,47 @@ def filled_learner(device: str = "cpu", head: list[str] | None = None) -> Learne
     return learner
 
 
+def graphed_twin(learner: Learner, capture: bool) -> Learner:
+    """A copy of `learner` whose `step` takes the graphed path (captured on a GPU, run
+    eagerly on its static buffers without `capture`), as `step` itself sets it up."""
+    twin = copy.deepcopy(learner)
+    lc = twin.config.learner
+    twin._graphed = GraphedUpdate(twin.online, twin.target, twin.optimizer,
+                                  double=lc.double_dqn, kind=lc.loss, grad_clip=lc.grad_clip,
+                                  capture=capture)
+    twin._use_graph = lambda: True
+    return twin
+
+
 def twins(learner: Learner, capture: bool):
-    """An eager copy (the learner's own update, inlined) and a graphed copy, same start."""
+    """A bare optimizer copy and a `GraphedUpdate` on its own copy, same start (for the
+    graph's own mechanics: the skip on the device, the release)."""
     lc = learner.config.learner
-    online = copy.deepcopy(learner.online)
-    target = copy.deepcopy(learner.target)
-    opt = make_adam(online.parameters(), lc.lr, lc.adam_eps, learner.device)
-
-    def eager(batch, weights):
-        loss, extras = dqn_loss(online, target, *batch, double=True, kind="huber",
-                                weights=weights)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(online.parameters(), 10.0)
-        opt.step()
-        return loss, extras
-
     g_online, g_target = copy.deepcopy(learner.online), copy.deepcopy(learner.target)
     g_opt = make_adam(g_online.parameters(), lc.lr, lc.adam_eps, learner.device)
     graphed = GraphedUpdate(g_online, g_target, g_opt, double=True, kind="huber",
                             grad_clip=10.0, capture=capture)
-    return (online, opt, eager), (g_online, g_opt, graphed)
+    return None, (g_online, g_opt, graphed)
 
 
 def assert_same_training(learner: Learner, capture: bool, updates: int = 12) -> None:
-    """Both copies update on the same batches (and, for noisy nets, the same noise: the
-    same seed before each update)."""
-    (online, _, eager), (g_online, _, graphed) = twins(learner, capture)
+    """`Learner.step` eager and graphed, on the same samples (and, for noisy nets, the same
+    noise: the same seed before each update): the same losses, Q-values and weights."""
+    twin = graphed_twin(learner, capture)
     for k in range(updates):
-        batch, _, weights = learner.replay.sample(32)
+        sample = learner.sample()
         torch.manual_seed(k)
-        loss, extras = eager(batch, weights)
+        eager = learner.step(sample)
         torch.manual_seed(k)
-        g_loss, g_extras, skipped = graphed(batch, weights)
-        assert float(skipped) == 0.0
-        torch.testing.assert_close(g_loss, loss)
-        torch.testing.assert_close(g_extras["td_abs"], extras["td_abs"])
-    for p, q in zip(online.parameters(), g_online.parameters(), strict=True):
+        graphed = twin.step(sample)
+        assert eager is not None and graphed is not None
+        torch.testing.assert_close(graphed.loss, eager.loss)
+        torch.testing.assert_close(graphed.mean_q, eager.mean_q)
+    assert learner.updates == twin.updates == updates
+    assert learner._graphed is None  # the eager one never took the graphed path
+    for p, q in zip(learner.online.parameters(), twin.online.parameters(), strict=True):
+        torch.testing.assert_close(q, p)
+    for p, q in zip(learner.target.parameters(), twin.target.parameters(), strict=True):
         torch.testing.assert_close(q, p)
 
 
@@ -120,23 +124,23 @@ def test_the_learners_graphed_path_counts_a_nonfinite_streak_and_ends_it():
 def test_a_checkpoint_of_a_graphed_learner_loads_on_a_cpu():
     """A GPU learner's graph made Adam `capturable`; the saved state says so."""
     learner = filled_learner()
-    learner.step()
+    learner.step(learner.sample())
     state = learner.state_dict()
     for group in state["optimizer"]["param_groups"]:
         group["capturable"] = True  # as a CUDA-graphed learner saves it
     restored = filled_learner()
     restored.load_state_dict(state)
     assert all(not g["capturable"] for g in restored.optimizer.param_groups)
-    restored.step()
+    restored.step(restored.sample())
     assert restored.updates == 2
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU to capture")
 @pytest.mark.parametrize("head", [[], C51, QR], ids=["expected", "c51", "qr"])
 def test_the_captured_graph_trains_as_the_eager_update_on_a_gpu(head):
-    learner = filled_learner("cuda", head)
-    assert_same_training(learner, capture=True, updates=20)
-    for _ in range(5):  # and the learner itself takes the graphed path
-        learner.step()
+    assert_same_training(filled_learner("cuda", head), capture=True, updates=20)
+    learner = filled_learner("cuda", head, cuda_graph=True)
+    for _ in range(5):  # and a learner with learner.cuda_graph takes the graphed path
+        learner.step(learner.sample())
     assert learner.updates == 5 and learner._graphed is not None
     assert learner._graphed._graph is not None

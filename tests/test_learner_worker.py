@@ -11,7 +11,9 @@ import ray
 from qfleet.actors.actor import Actor
 from qfleet.config import load_config
 from qfleet.envs import env_spec
-from qfleet.remote import LearnerWorker
+from qfleet.learner.worker import LearnerWorker
+
+pytestmark = pytest.mark.slow  # a real local Ray
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,8 @@ import yaml
 
 from tests.conftest import ROOT, local_cluster, summary
 
+pytestmark = pytest.mark.slow  # local multi-node clusters via `ray start`
+
 HEAD_ON_HEAD = 'learner.resources={"qfleet_learner": 1}'
 
 

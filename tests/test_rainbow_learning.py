@@ -14,7 +14,7 @@ import qfleet
 from qfleet.bench.common import scalars
 from tests.conftest import CONFIGS
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.slow
 
 # CartPole's discounted returns (γ = 0.99) lie in [0, 100].
 C51 = ["learner.distribution=c51", "learner.v_min=0", "learner.v_max=100"]

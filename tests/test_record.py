@@ -5,14 +5,14 @@ import pytest
 import torch
 
 from qfleet.actors.actor import Actor
-from qfleet.checkpoint import load_run_state
 from qfleet.config import load_config
-from qfleet.driver.record import RunRecord, StopReason
+from qfleet.driver.reporter import Reporter
 from qfleet.envs import env_spec
 from qfleet.learner.learner import Learner
-from qfleet.reporting import Reporter
+from qfleet.runs.checkpoints import load_run_state
+from qfleet.runs.record import RunRecord, StopReason
+from qfleet.runs.storage import RunStorage
 from qfleet.stats import Counters
-from qfleet.storage import RunStorage
 
 
 def make_record(tmp_path, *overrides):
@@ -55,7 +55,7 @@ def test_a_learner_restarts_from_the_newest_checkpoint_and_its_replay(tmp_path):
     actor, learner = Actor(config, spec, 0, 1), Learner(config, spec)
     learner.add(actor.collect(10))
     for _ in range(5):
-        learner.step()
+        learner.step(learner.sample())
     state = learner.state_dict()
     state["replay"] = learner.replay_state()
     record.checkpoint(state)
@@ -82,7 +82,7 @@ def test_a_resumed_run_restarts_a_learner_from_the_checkpoint_it_resumed_from(tm
     actor, learner = Actor(config, spec, 0, 1), Learner(config, spec)
     learner.add(actor.collect(10))
     for _ in range(4):
-        learner.step()
+        learner.step(learner.sample())
     resume = {**learner.state_dict(), "source": str(tmp_path / "a" / "ckpt-0000000004.pt"),
               "replay": None}
     storage = RunStorage(tmp_path / "shared")
@@ -107,7 +107,7 @@ def test_a_crash_between_the_replay_and_its_checkpoint_keeps_the_last_pair(
     learner.add(actor.collect(10))
 
     def checkpoint_now() -> dict:
-        learner.step()
+        learner.step(learner.sample())
         state = learner.state_dict()
         state["replay"] = learner.replay_state()
         return state
@@ -119,7 +119,7 @@ def test_a_crash_between_the_replay_and_its_checkpoint_keeps_the_last_pair(
     def killed(*_args, **_kwargs):
         raise KeyboardInterrupt  # the process dies here, after the replay's write
 
-    monkeypatch.setattr("qfleet.driver.record.save_checkpoint", killed)
+    monkeypatch.setattr("qfleet.runs.record.save_checkpoint", killed)
     with pytest.raises(KeyboardInterrupt):
         record.checkpoint(checkpoint_now())
     folder = record.run_dir / "checkpoints"
@@ -138,7 +138,7 @@ def test_a_replay_that_cannot_be_written_costs_the_replay_not_the_checkpoint(
     config, spec, record = make_record(tmp_path, "replay.save_with_checkpoints=true")
     actor, learner = Actor(config, spec, 0, 1), Learner(config, spec)
     learner.add(actor.collect(10))
-    learner.step()
+    learner.step(learner.sample())
     folder = record.run_dir / "checkpoints"
     folder.mkdir(parents=True)
     # A replay of another timeline at the same update count (a crash, then a restart).
@@ -148,7 +148,7 @@ def test_a_replay_that_cannot_be_written_costs_the_replay_not_the_checkpoint(
     def full_disk(*_args, **_kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("qfleet.driver.record.save_replay", full_disk)
+    monkeypatch.setattr("qfleet.runs.record.save_replay", full_disk)
     state = learner.state_dict()
     state["replay"] = learner.replay_state()
     record.checkpoint(state)

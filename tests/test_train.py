@@ -14,6 +14,8 @@ import pytest
 from qfleet.bench.common import run_processes, scalars
 from tests.conftest import CONFIGS, ROOT, assert_one_line_error, qfleet, summary
 
+pytestmark = pytest.mark.slow  # real `qfleet train` runs, each on its own local Ray
+
 
 def video_frames(path) -> tuple[tuple[int, int], int]:
     """(height, width) and the number of frames of an mp4, decoded for real."""

@@ -1,7 +1,7 @@
 """The Actor: a vector of envs, an acting copy of the Q-network, ε-greedy, the n-step adder.
 
 Plain Python, no Ray: `collect()` steps the envs and returns a `Chunk`; the Ray wrapper
-(`qfleet.remote`) decides when to send it and when to swap in new weights.
+(`qfleet.actors.worker`) decides when to send it and when to swap in new weights.
 
 Atari envs run as a batched ALE vector (EnvPool-style): the emulator thread steps some
 envs while the Q-network picks the next actions of the batch that just returned, so
@@ -41,7 +41,7 @@ class Actor:
         batch = e // max(1, min(batches, e)) if spec.is_atari else 0
         batched = 0 < batch < e
         # Batched: one emulator thread beside the inference thread fills the actor's core
-        # best (2 threads contend with inference and lose ~10 %, measured on 2 cores).
+        # best; two contend with inference (`qfleet bench actors` measures it).
         self.emulator_threads = config.env.env_threads or (1 if batched else 2)
         self.envs = make_vec_env(config.env, e, seed, num_threads=self.emulator_threads,
                                  batch_size=batch)

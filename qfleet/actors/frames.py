@@ -3,7 +3,7 @@
 A stacked observation is its newest frame plus the three before it in the same episode,
 so a transition needs only `(stream, seq, depth)` for each of its two observations; the
 learner rebuilds the stacks from the frames it stored once. This cuts what crosses the
-network and what the replay stores by about 8× against two full 4-frame stacks.
+network and what the replay stores to one frame per step instead of two 4-frame stacks.
 """
 
 from __future__ import annotations

@@ -55,3 +55,9 @@ def describe(result: dict[str, Any]) -> list[str]:
             f"bare vector env on the actor's {result['actor_emulator_threads']} emulator "
             f"thread(s): {result['bare_env_own_threads_steps_per_s']:,.0f} env steps/s "
             f"(actor keeps {result['ratio_own_threads']:.2f} of it)"]
+
+
+def headline(result: dict[str, Any]) -> list[tuple[str, str]]:
+    return [("Atari actor, inference included, against its bare vector env",
+             f"{result['actor_steps_per_s']:,.0f} vs {result['bare_env_steps_per_s']:,.0f} "
+             f"env steps/s (ratio {result['ratio']:.2f})")]

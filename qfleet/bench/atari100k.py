@@ -23,6 +23,7 @@ from typing import Any
 from qfleet.atari_scores import SCORES, human_normalized
 from qfleet.config import ConfigError, load_config
 from qfleet.envs import ale_game
+from qfleet.presets import preset
 
 GAMES = ("BattleZone", "Qbert", "Pong", "SpaceInvaders")
 """In DER's table and BBF's (BattleZone, Qbert, Pong), and the design card's game."""
@@ -47,9 +48,7 @@ PUBLISHED_SOURCES = {
 
 
 def default_config() -> Path:
-    from qfleet.bench.learning import CONFIGS
-
-    return CONFIGS / "atari-100k.yaml"
+    return preset("atari-100k.yaml")
 
 
 def iqm(values: list[float]) -> float | None:

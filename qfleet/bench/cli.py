@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -13,18 +14,44 @@ import typer
 app = typer.Typer(no_args_is_help=True, help="Measure a part of the pipeline against its "
                   "limit (benchmarks print figures; they never assert).")
 
+_saved: dict[str, Path | None] = {"to": None}
+
+
+@app.callback()
+def options(save: Annotated[Path | None, typer.Option(
+        help="Also write the result, with its command, date, machine and qfleet version, "
+             "to this JSON file: a figure to publish under docs/benchmarks/ (the docs' "
+             "benchmark page and the README's table are generated from those files).")
+        ] = None) -> None:
+    """Options of every benchmark."""
+    if save is not None and not save.resolve().parent.is_dir():  # before a long run, not after
+        raise typer.BadParameter(f"no directory {str(save.parent)!r}", param_hint="--save")
+    _saved["to"] = save
+
+
+def _command_line() -> list[str]:
+    """This command as typed, less `--save FILE` (which says where, not what, was run)."""
+    argv = sys.argv[1:]
+    for i, arg in enumerate(argv):
+        if arg == "--save":
+            return argv[:i] + argv[i + 2:]
+        if arg.startswith("--save="):
+            return argv[:i] + argv[i + 1:]
+    return argv
+
+
 Seconds = Annotated[float, typer.Option(min=0.5, help="Measuring time.")]
 AsJson = Annotated[bool, typer.Option("--json", help="End with one JSON line.")]
 
 
 def _report(name: str, *args: Any, as_json: bool, **kwargs: Any) -> None:
     """Run benchmark `name`, print its human lines and (optionally) its JSON line."""
-    from qfleet.learner.learner import LearnerError
+    from qfleet.errors import QfleetError
 
     module = importlib.import_module(f"qfleet.bench.{name}")
     try:
         result = module.run(*args, **kwargs)
-    except LearnerError as err:
+    except QfleetError as err:
         print(f"qfleet: error: {err}", file=sys.stderr)
         raise typer.Exit(2) from None
     except RuntimeError as err:  # a run it started failed: one line, as every failure
@@ -34,6 +61,10 @@ def _report(name: str, *args: Any, as_json: bool, **kwargs: Any) -> None:
         print(line)
     if as_json:
         print(json.dumps(result))
+    if _saved["to"] is not None:
+        from qfleet.bench.published import envelope, save
+
+        save(_saved["to"], envelope(name, _command_line(), result))
 
 
 def _device(value: str) -> str:
@@ -137,15 +168,8 @@ def fleet(
 ) -> None:
     """The whole fleet of a config on this machine: env steps/s against the bare envs,
     learner updates/s, replay ratio, policy lag, GPU busy, memory."""
-    from qfleet.checkpoint import CheckpointError
-    from qfleet.config import ConfigError
-
-    try:
-        _report("fleet", seconds, config, overrides or [], bare_seconds=bare_seconds,
-                learner_alone=learner_alone, as_json=as_json)
-    except (ConfigError, CheckpointError) as err:
-        print(f"qfleet: error: {err}", file=sys.stderr)
-        raise typer.Exit(2) from None
+    _report("fleet", seconds, config, overrides or [], bare_seconds=bare_seconds,
+            learner_alone=learner_alone, as_json=as_json)
 
 
 @app.command()
@@ -194,15 +218,9 @@ def atari100k(
     as_json: AsJson = False,
 ) -> None:
     """The Atari 100k benchmark per game beside DER's and BBF's published scores."""
-    from qfleet.config import ConfigError
-
-    try:
-        _report("atari100k", [g.strip() for g in games.split(",") if g.strip()],
-                seeds=seeds, first_seed=first_seed, config=config,
-                overrides=overrides or [], parallel=parallel, as_json=as_json)
-    except ConfigError as err:
-        print(f"qfleet: error: {err}", file=sys.stderr)
-        raise typer.Exit(2) from None
+    _report("atari100k", [g.strip() for g in games.split(",") if g.strip()],
+            seeds=seeds, first_seed=first_seed, config=config,
+            overrides=overrides or [], parallel=parallel, as_json=as_json)
 
 
 @app.command()
@@ -227,18 +245,15 @@ def learning(
     beside: Annotated[bool, typer.Option(
         help="With --against sb3: SB3 runs at the same time as qfleet, on one core set "
              "aside for it.")] = False,
+    versus: Annotated[str | None, typer.Option(
+        help="Also run qfleet with these overrides (space-separated KEY=VALUE), each "
+             "seed alternating with the plain run: an A/B of a config change.")] = None,
     overrides: Annotated[list[str] | None, typer.Argument(
         help="Overrides of the qfleet config, e.g. learner.replay_ratio=8.")] = None,
     as_json: AsJson = False,
 ) -> None:
     """Greedy evaluations along a wall-clock budget, optionally beside SB3's zoo DQN."""
-    from qfleet.config import ConfigError
-
-    try:
-        _report("learning", seconds, env_id=env_id, config=config, against=against,
-                seeds=seeds, first_seed=first_seed, target=target, points=points,
-                episodes=episodes, overrides=overrides or [], plot=plot, beside=beside,
-                as_json=as_json)
-    except ConfigError as err:
-        print(f"qfleet: error: {err}", file=sys.stderr)
-        raise typer.Exit(2) from None
+    _report("learning", seconds, env_id=env_id, config=config, against=against,
+            seeds=seeds, first_seed=first_seed, target=target, points=points,
+            episodes=episodes, overrides=overrides or [], plot=plot, beside=beside,
+            versus=versus.split() if versus else None, as_json=as_json)

@@ -125,8 +125,8 @@ def run(seconds: float, config: str, overrides: list[str] | None = None,
     from qfleet.api import prepare_run
     from qfleet.driver.fleet import Fleet
     from qfleet.driver.placement import connect_ray
-    from qfleet.driver.record import StopReason
-    from qfleet.reporting import Reporter
+    from qfleet.driver.reporter import Reporter
+    from qfleet.runs.record import StopReason
 
     given = list(overrides or [])
     overrides = [*given, f"stop.time_s={START_TIMEOUT_S + seconds + 60:g}",

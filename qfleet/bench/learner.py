@@ -54,7 +54,7 @@ def run(seconds: float, batch_size: int = 32, device: str = "auto",
 
     def learner_update(k: int = 10) -> int:
         for _ in range(k):
-            learner.step()
+            learner.step(learner.sample())
             if learner.updates % config.learner.publish_every == 0:
                 learner.get_weights()
         sync()
@@ -77,3 +77,10 @@ def describe(result: dict[str, Any]) -> list[str]:
             f"bare torch loop, same network/loss/optimizer: "
             f"{result['bare_updates_per_s']:,.1f} updates/s",
             f"ratio {result['ratio']:.2f} (target >= 0.90)"]
+
+
+def headline(result: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(f"Learner.step against a bare torch loop (Nature CNN, batch "
+             f"{result['batch_size']}, {result['device']})",
+             f"{result['learner_updates_per_s']:,.1f} vs {result['bare_updates_per_s']:,.1f} "
+             f"updates/s (ratio {result['ratio']:.2f})")]

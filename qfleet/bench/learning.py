@@ -26,32 +26,39 @@ from qfleet.atari_scores import SCORES
 from qfleet.bench.common import scalars
 from qfleet.config import ConfigError, load_config
 from qfleet.envs import ale_game, is_atari
-
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+from qfleet.presets import preset
 
 
 def default_config(env_id: str) -> Path:
     """The shipped config for this kind of env: CartPole's, or the laptop Atari one."""
     name = ("cartpole.yaml" if env_id == "CartPole-v1" else
             "spaceinvaders-cpu.yaml" if is_atari(env_id) else None)
-    if name is None or not (CONFIGS / name).is_file():
+    if name is None:
         raise ConfigError(f"--config: no shipped config for {env_id!r}; give one")
-    return CONFIGS / name
+    return preset(name)
 
 
 def run(seconds: float, env_id: str, config: str | None = None,
         against: str | None = None, seeds: int = 1, first_seed: int = 0,
         target: float | None = None,
         points: int = 8, episodes: int = 16, overrides: list[str] | None = None,
-        plot: str | None = None, beside: bool = False) -> dict[str, Any]:
+        plot: str | None = None, beside: bool = False,
+        versus: list[str] | None = None) -> dict[str, Any]:
     """`beside`: each seed's SB3 run goes at the same time as qfleet's, on one core set
-    aside for it (SB3 is one process), qfleet on the others."""
+    aside for it (SB3 is one process), qfleet on the others. `versus`: overrides of a
+    second qfleet run per seed (`variant`), alternating with the first: an A/B of a
+    config change on one machine."""
     path = Path(config) if config else default_config(env_id)
     overrides = [f"env.id={env_id}", *(overrides or [])]
     cfg = load_config(path, overrides)  # bad input is refused before anything runs
     every = max(1.0, seconds / points) if target is None else cfg.eval.every_s
     eval_args = [f"eval.every_s={every:g}", f"eval.episodes={episodes}"]
     runs: dict[str, list[dict[str, Any]]] = {"qfleet": []}
+    if versus:
+        if against:
+            raise ConfigError("--versus: compares two qfleet configs; drop --against")
+        load_config(path, [*overrides, *versus])  # the variant is refused up front too
+        runs["variant"] = []
     if against:
         import importlib.util
 
@@ -87,20 +94,27 @@ def run(seconds: float, env_id: str, config: str | None = None,
                 runs["sb3"].append(sb3.result())
     for seed in range(first_seed, first_seed + seeds) if not beside else ():
         # Alternate who goes first, so that any drift of the machine favours neither.
-        for name in ("qfleet", "sb3") if seed % 2 == 0 else ("sb3", "qfleet"):
+        other = "variant" if versus else "sb3"
+        for name in ("qfleet", other) if seed % 2 == 0 else (other, "qfleet"):
             if name == "qfleet":
                 runs[name].append(_qfleet(path, [*overrides, f"env.seed={seed}", *eval_args],
                                           seconds, target))
+            elif versus:
+                runs[name].append(_qfleet(path, [*overrides, *versus, f"env.seed={seed}",
+                                                 *eval_args], seconds, target))
             elif against:
                 runs[name].append(_sb3(cfg, seed, seconds, target, every, episodes))
     result = {"env_id": env_id, "seconds": seconds, "target": target, "seeds": seeds,
               "first_seed": first_seed, "beside": beside,
               "episodes": episodes, "protocol": cfg.eval.protocol if is_atari(env_id) else None,
               "epsilon": cfg.eval.epsilon, "config": str(path), "overrides": overrides,
+              "versus": versus or None,
               "runs": runs, "summary": {name: _summarize(r, target) for name, r in runs.items()}}
-    if target is not None and against:
+    if target is not None and (against or versus):
         ours, theirs = (result["summary"][k]["time_to_target_median_s"] for k in runs)
         result["time_ratio"] = None if None in (ours, theirs) else ours / theirs
+    if target is not None and against:
+        ours = result["summary"]["qfleet"]["time_to_target_median_s"]
         bare = result["summary"]["sb3"]["time_to_target_without_eval_median_s"]
         result["time_ratio_sb3_without_eval"] = (None if None in (ours, bare)
                                                   else ours / bare)
@@ -260,11 +274,35 @@ def describe(result: dict[str, Any]) -> list[str]:
                              + ("never" if bare is None else f"{bare:.1f} s"))
         elif s["final_return_median"] is not None:
             lines.append(f"  {name}: median final return {s['final_return_median']:.1f}")
+    if result.get("versus"):
+        lines.insert(1, f"  variant: the same config with {' '.join(result['versus'])}")
     if result.get("time_ratio") is not None:
-        lines.append(f"  qfleet / sb3 time to target: {result['time_ratio']:.2f}")
+        other = "variant" if result.get("versus") else "sb3"
+        lines.append(f"  qfleet / {other} time to target: {result['time_ratio']:.2f}")
     if result.get("time_ratio_sb3_without_eval") is not None:
         lines.append("  qfleet / sb3 without its evaluation pauses: "
                      f"{result['time_ratio_sb3_without_eval']:.2f}")
     if result.get("plot"):
         lines.append(f"  picture: {result['plot']}")
     return lines
+
+
+def headline(result: dict[str, Any]) -> list[tuple[str, str]]:
+    """The README's figure: the median time to the target (or final return) of each run
+    kind, and their ratio."""
+    seeds = f"median of {result['seeds']} seed{'s' if result['seeds'] > 1 else ''}"
+    medians = []
+    for name, s in result["summary"].items():
+        if result.get("target") is not None:
+            t = s["time_to_target_median_s"]
+            medians.append(f"{name} {'never' if t is None else f'{t:.1f} s'}")
+        elif s["final_return_median"] is not None:
+            medians.append(f"{name} {s['final_return_median']:.1f}")
+    if result.get("time_ratio") is not None:
+        medians.append(f"ratio {result['time_ratio']:.2f}")
+    if result.get("versus"):
+        medians = [m.replace("variant", " ".join(result["versus"]), 1) for m in medians]
+    what = (f"{result['env_id']} time to greedy {result['target']:g}"
+            if result.get("target") is not None else
+            f"{result['env_id']} greedy return after {result['seconds']:g} s")
+    return [(f"{what} ({seeds})", ", ".join(medians))]

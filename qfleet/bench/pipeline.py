@@ -19,9 +19,10 @@ def run(seconds: float, actors: int = 2, env_id: str = "CartPole-v1",
     import ray
 
     from qfleet.actors.actor import Actor
+    from qfleet.actors.worker import RemoteActor
     from qfleet.driver.placement import connect_ray
     from qfleet.envs import env_spec
-    from qfleet.remote import RemoteActor, RemoteLearner
+    from qfleet.learner.worker import RemoteLearner
 
     config = load_config(None, [f"env.id={env_id}", f"actors.num_actors={actors}",
                                 "stop.env_steps=1", "replay.capacity=200000",

@@ -58,3 +58,9 @@ def describe(result: dict[str, Any]) -> list[str]:
             f"{result['dense_bytes_per_transition']:,})",
             f"insert {result['insert_transitions_per_s']:,.0f} transitions/s, "
             f"sample+update {result['sample_transitions_per_s']:,.0f} transitions/s"]
+
+
+def headline(result: dict[str, Any]) -> list[tuple[str, str]]:
+    return [("Atari replay memory per stored transition",
+             f"{result['bytes_per_transition']:,.0f} bytes (two dense stacks: "
+             f"{result['dense_bytes_per_transition']:,})")]

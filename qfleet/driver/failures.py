@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import ray
 
-from qfleet.driver.record import StopReason
+from qfleet.runs.record import StopReason
 
 
 class FleetFailure(Exception):

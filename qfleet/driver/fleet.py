@@ -21,23 +21,23 @@ import ray
 from ray.util.placement_group import PlacementGroup
 
 from qfleet.config import Config
-from qfleet.driver.evaluations import VIDEO_GRACE_S
 from qfleet.driver.failures import FleetFailure, describe_failure
+from qfleet.driver.greedy_evaluations import VIDEO_GRACE_S, Evaluations
 from qfleet.driver.placement import (
     autoscaler_present,
     check_placeable,
     resolve_actor_device,
     resolve_fleet,
 )
-from qfleet.driver.record import RunRecord, StopReason, learner_state
+from qfleet.driver.reporter import Rates, Reporter
 from qfleet.driver.scaling import Scaling
 from qfleet.driver.supervision import Supervisor
 from qfleet.envs import EnvSpec
-from qfleet.evaluation import Recording, Scores, protocol_name, training_protocol
-from qfleet.learner.learner import LearnerError
-from qfleet.reporting import Rates, Reporter
+from qfleet.errors import QfleetError
+from qfleet.evaluation.evaluator import Recording, Scores, protocol_name, training_protocol
+from qfleet.runs.record import RunRecord, StopReason, learner_state
+from qfleet.runs.storage import RunStorage
 from qfleet.stats import Counters, FleetStats
-from qfleet.storage import RunStorage
 from qfleet.transitions import Episode
 
 TICK_S = 0.25
@@ -119,7 +119,7 @@ class Fleet:
             return self.end()
 
     def prepare(self) -> None:
-        """Fix the fleet's size and refuse what the cluster can never host (`LearnerError`,
+        """Fix the fleet's size and refuse what the cluster can never host (`PlacementError`,
         bad input: nothing has started). A sweep trial's fleet is its placement group."""
         self.record.write_config(self.config)
         autoscaler = False
@@ -135,7 +135,8 @@ class Fleet:
             check_placeable(c, autoscaler)
             self.scaling = Scaling(c, self.reporter, autoscaler=autoscaler,
                                    elastic=self.elastic)
-        self.sup = Supervisor(c, self.spec, self.reporter, self._restart_state,
+        self.evals = Evaluations(c, self.spec, self.reporter, group=self.group)
+        self.sup = Supervisor(c, self.spec, self.reporter, self._restart_state, self.evals,
                               group=self.group)
 
     def start(self) -> None:
@@ -180,7 +181,7 @@ class Fleet:
         still writes the final checkpoint and the summary."""
         try:
             yield
-        except LearnerError:  # the learner refused its config: bad input, nothing ran
+        except QfleetError:  # the learner or the cluster refused the config: nothing ran
             raise
         except KeyboardInterrupt:
             self.record.stop(StopReason.INTERRUPTED, "interrupted (Ctrl-C)")
@@ -211,20 +212,20 @@ class Fleet:
                     self._report(stats, now)
                 if stats.counters.updates >= self._next_checkpoint:
                     self.checkpoint()
-                if (not sup.evals.running and stats.counters.updates > 0
+                if (not self.evals.running and stats.counters.updates > 0
                         and t.evaluate.due(now)):
-                    sup.evals.launch(stats.weights)
-                if (t.film is not None and not sup.evals.filming and not sup.evals.videos_off
+                    self.evals.launch(stats.weights)
+                if (t.film is not None and not self.evals.filming and not self.evals.videos_off
                         and stats.counters.updates > 0 and t.film.due(now)):
-                    sup.evals.launch_video(stats.weights)
+                    self.evals.launch_video(stats.weights)
             sup.check_actors()
             if scaling is not None and t.scale.due(now):  # nodes that arrived (or did not)
                 scaling.check(sup.streaming_actors, sup.learner_up)
                 if self.elastic:
                     sup.grow()
-            if (episodes := sup.evals.collect()) is not None:
+            if (episodes := self.evals.collect()) is not None:
                 self._record_eval(episodes)
-            if (recording := sup.evals.collect_video()) is not None:
+            if (recording := self.evals.collect_video()) is not None:
                 self._record_video(recording)
             self.record.sync()
             self.trained_s = self._trained_before + now - self._train_start
@@ -321,9 +322,9 @@ class Fleet:
         slices so that a SIGTERM or a further Ctrl-C moves on to the summary at once."""
         deadline = time.monotonic() + VIDEO_GRACE_S
         try:
-            while (sup.evals.filming and not self._terminating
+            while (self.evals.filming and not self._terminating
                    and time.monotonic() < deadline):
-                if (recording := sup.evals.collect_video(timeout=1.0)) is not None:
+                if (recording := self.evals.collect_video(timeout=1.0)) is not None:
                     self._record_video(recording)
         except KeyboardInterrupt:
             self.reporter.print("video abandoned (Ctrl-C)")
@@ -385,7 +386,7 @@ class Fleet:
                 self._last_video(sup)
             if record.stopped_by.budget:  # the summary reports the final weights' return
                 try:
-                    episodes = sup.evals.final(network, lambda: self._terminating)
+                    episodes = self.evals.final(network, lambda: self._terminating)
                 except KeyboardInterrupt:  # a further Ctrl-C exits at once
                     self.reporter.print("final evaluation abandoned (Ctrl-C)")
                     episodes = None

@@ -24,7 +24,7 @@ from ray.util.scheduling_strategies import (
 )
 
 from qfleet.config import Config, ConfigError
-from qfleet.learner.learner import LearnerError
+from qfleet.errors import PlacementError
 
 AUTOSCALER_REPORT_WAIT_S = 10.0
 """How long a driver on a fresh head waits for the autoscaler's first report."""
@@ -232,7 +232,7 @@ def resolve_actor_device(config: Config, autoscaling: bool) -> Config:
     """Fix `actors.device` to `cpu` or `cuda` and each actor's GPU share. `auto` takes the
     GPU when no autoscaler adds nodes, every node that can host an actor has GPU room
     beside the learner, and all `num_actors` fit with their shares; `cuda` that cannot be
-    placed so is refused (`LearnerError`, exit 2)."""
+    placed so is refused (`PlacementError`, exit 2)."""
     a = config.actors
     if a.device == "cpu":
         return config
@@ -240,7 +240,7 @@ def resolve_actor_device(config: Config, autoscaling: bool) -> Config:
         if a.device == "auto":
             return config.model_copy(update={"actors": a.model_copy(update={"device": "cpu"})})
         if a.num_gpus is None:
-            raise LearnerError("actors.device: cuda on a cluster with an autoscaler needs "
+            raise PlacementError("actors.device: cuda on a cluster with an autoscaler needs "
                                "actors.num_gpus (each actor's GPU share)")
         return config
     count = int(a.num_actors) if isinstance(a.num_actors, int) else 1
@@ -252,7 +252,7 @@ def resolve_actor_device(config: Config, autoscaling: bool) -> Config:
         share = gpu_share(nodes, count)
     if share is None or (a.device == "auto" and not everywhere):
         if a.device == "cuda":
-            raise LearnerError(
+            raise PlacementError(
                 f"actors.device: cuda requested but {count} actors"
                 + (f" of GPU share {a.num_gpus:g}" if a.num_gpus else "")
                 + " do not fit in the GPU room the learner leaves (learner.num_gpus below "
@@ -263,7 +263,7 @@ def resolve_actor_device(config: Config, autoscaling: bool) -> Config:
 
 
 def check_placeable(config: Config, autoscaling: bool) -> None:
-    """Refuse what no node of the cluster can ever host (LearnerError: exit code 2). With an
+    """Refuse what no node of the cluster can ever host (PlacementError: exit code 2). With an
     autoscaler, a node type the cluster has none of yet may host it: the wait for it is
     bounded by `learner.start_timeout_s` and `actors.scale_timeout_s` instead."""
     if autoscaling:
@@ -275,15 +275,15 @@ def check_placeable(config: Config, autoscaling: bool) -> None:
 
     a, lc = config.actors, config.learner
     if not fits(actor_bundle(config)):
-        raise LearnerError(f"actors: no node of the cluster has {a.num_cpus:g} CPU(s)"
+        raise PlacementError(f"actors: no node of the cluster has {a.num_cpus:g} CPU(s)"
                            + (f" and resources {a.resources} (a cluster config's node "
                               "labels? actors.resources={} runs them anywhere)"
                               if a.resources else ""))
     if lc.device == "cuda" and not fits({"GPU": lc.num_gpus}):
-        raise LearnerError("learner.device: cuda requested but the cluster has no GPU")
+        raise PlacementError("learner.device: cuda requested but the cluster has no GPU")
     learner = learner_bundle(config)
     if not fits(learner):
-        raise LearnerError(f"learner: no node of the cluster has {shape(learner)} "
+        raise PlacementError(f"learner: no node of the cluster has {shape(learner)} "
                            "(learner.resources={} runs it anywhere)")
 
 

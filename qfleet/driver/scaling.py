@@ -26,8 +26,8 @@ from qfleet.driver.placement import (
     shape,
     standing_request,
 )
-from qfleet.driver.record import StopReason
-from qfleet.reporting import Reporter
+from qfleet.driver.reporter import Reporter
+from qfleet.runs.record import StopReason
 
 
 class Scaling:

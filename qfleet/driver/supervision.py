@@ -1,5 +1,5 @@
-"""Supervision: the lifecycles of the learner and the actors (and, through
-`Evaluations`, of the evaluator).
+"""Supervision: the lifecycles of the learner and the actors (the `Evaluations` the Fleet
+hands it start beside the learner's node and stop with the fleet).
 
 Everything that can die is watched here and brought back: a lost learner is restarted
 from the newest checkpoint and the running actors are pointed at it; a dead actor is
@@ -18,9 +18,10 @@ from typing import Any
 import ray
 from ray.util.placement_group import PlacementGroup
 
+from qfleet.actors.worker import RemoteActor
 from qfleet.config import Config
-from qfleet.driver.evaluations import Evaluations
 from qfleet.driver.failures import FleetFailure, describe_failure
+from qfleet.driver.greedy_evaluations import Evaluations
 from qfleet.driver.placement import (
     LEARNER_BUNDLE,
     actor_bundle,
@@ -29,11 +30,11 @@ from qfleet.driver.placement import (
     in_bundle,
     learner_options,
 )
-from qfleet.driver.record import StopReason
+from qfleet.driver.reporter import Reporter
 from qfleet.envs import EnvSpec
-from qfleet.learner.learner import LearnerError
-from qfleet.remote import RemoteActor, RemoteLearner
-from qfleet.reporting import Reporter
+from qfleet.errors import QfleetError
+from qfleet.learner.worker import RemoteLearner
+from qfleet.runs.record import StopReason
 from qfleet.stats import FleetStats
 
 UNREACHABLE_S = 20.0
@@ -46,18 +47,21 @@ BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.5, 30.0
 
 
 def _learner_start_error(err: BaseException) -> BaseException:
-    """A learner that refused its config in its constructor (replay too big for its GPU,
-    no GPU visible) is bad input, reported as its own one line."""
-    reason = describe_failure(err)
-    if reason.startswith("LearnerError: "):
-        return LearnerError(reason.removeprefix("LearnerError: "))
-    return FleetFailure(StopReason.RAY_FAILURE, f"the learner failed to start: {reason}")
+    """A learner that refused its config (replay too big for its GPU, no GPU visible) is
+    bad input: its own error, carried across Ray by type."""
+    cause = err
+    while isinstance(cause, ray.exceptions.RayTaskError) and cause.cause is not None:
+        cause = cause.cause
+    if isinstance(cause, QfleetError):
+        return cause
+    return FleetFailure(StopReason.RAY_FAILURE,
+                        f"the learner failed to start: {describe_failure(err)}")
 
 
 class Supervisor:
     def __init__(self, config: Config, spec: EnvSpec, reporter: Reporter,
-                 restart_state: Callable[[], tuple[dict[str, Any], str]], *,
-                 group: PlacementGroup | None = None) -> None:
+                 restart_state: Callable[[], tuple[dict[str, Any], str]], evals: Evaluations,
+                 *, group: PlacementGroup | None = None) -> None:
         """`restart_state()` gives a restarted learner its start state and a description
         of where it comes from (the run record knows the newest checkpoint). `group`: a
         sweep trial's placement group; each part (and its restarts) keeps its bundle."""
@@ -87,7 +91,7 @@ class Supervisor:
         self._due: dict[int, float] = {}  # actor index -> when its restart is due
         self._chunks: dict[int, int] = {}
         self._chunks_at_start: dict[int, int] = {}
-        self.evals = Evaluations(config, spec, reporter, group=group)
+        self.evals = evals
 
     # -- start and stop ----------------------------------------------------------------------
     def start(self, state: dict[str, Any] | None) -> None:

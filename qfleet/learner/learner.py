@@ -1,8 +1,10 @@
 """The Learner: replay, online and target networks, Adam, and the counters a run resumes from.
 
-Plain Python, no Ray: `add(chunk)` stores transitions, `step()` does one update when the
-warm-up and the replay ratio allow it, `get_weights()` hands out a versioned CPU copy.
-The Ray wrapper (`qfleet.remote`) runs `step()` in a loop and feeds `add()` from actors.
+Plain Python, no Ray: `add(chunk)` stores transitions, `step(sample())` does one update,
+`get_weights()` hands out a versioned CPU copy. When to update and when to take more data
+is the `RateLimiter`'s call (`rate_limiter.py`); the means the driver reads are the
+`StatsWindow`'s (`tally.py`). The Ray wrapper (`worker.py`) runs the loop and feeds `add()`
+from actors.
 """
 
 from __future__ import annotations
@@ -10,24 +12,21 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from qfleet.config import Config
 from qfleet.devices import cuda_missing_reason
 from qfleet.envs import EnvSpec
+from qfleet.errors import LearnerError
 from qfleet.learner.graphed import GraphedUpdate
 from qfleet.learner.loss import dqn_loss
-from qfleet.learner.persist import saved
 from qfleet.learner.replay import make_replay, replay_bytes_per_item
 from qfleet.networks import build_q_network
-from qfleet.stats import Counters, LearnerStats
+from qfleet.runs.tensors import saved
+from qfleet.stats import Counters
 from qfleet.transitions import Chunk, Episode, uses_frame_refs
-
-
-class LearnerError(RuntimeError):
-    """A learner that cannot start as configured (reported as a config error)."""
 
 
 def pick_device(wanted: str) -> torch.device:
@@ -60,8 +59,8 @@ def check_replay_fits(config: Config, spec: EnvSpec, device: torch.device) -> No
 
 
 def make_adam(params: Any, lr: float, eps: float, device: torch.device) -> torch.optim.Adam:
-    """Fused Adam: one kernel per step, not one per tensor; on CPU a third of the
-    multi-tensor version's time (57 against 159 µs for CartPole's MLP)."""
+    """Fused Adam: one kernel per step, not one per tensor (faster on CPU too: measured by
+    `qfleet bench learner`)."""
     return torch.optim.Adam(params, lr=lr, eps=eps, fused=device.type in ("cuda", "cpu"))
 
 
@@ -70,6 +69,21 @@ def frame_window(chunk_steps: int, n_step: int, stack: int) -> int:
     worst, with resets) plus the n-step and stack look-back; a power of two for cheap mod."""
     need = 2 * chunk_steps + n_step + stack + 4
     return 1 << (need - 1).bit_length()
+
+
+class Sample(NamedTuple):
+    """One sampled batch: the loss's tensors, their replay keys, importance weights."""
+
+    batch: Any
+    keys: torch.Tensor
+    weights: Any
+
+
+class UpdateMetrics(NamedTuple):
+    """What one update measured, as device tensors (read on the host only when pulled)."""
+
+    loss: torch.Tensor
+    mean_q: torch.Tensor
 
 
 class Learner:
@@ -96,91 +110,51 @@ class Learner:
         self.version = 0
         self.nonfinite_skipped = 0
         self.nonfinite_streak = 0
-        # What one actor sends at most, known before any chunk came: a resumed learner with
-        # its replay back and no chunk seen yet must still admit a whole one (slack below).
-        self._largest_chunk = a.chunk_steps * a.envs_per_actor
         self._prefetch = self.device.type == "cuda" and config.replay.kind != "none"
         self._prefetched: tuple | None = None
         self._graphed: GraphedUpdate | None = None  # made at the first update (see `step`)
         self.fault_hook: Callable[[torch.Tensor], torch.Tensor] | None = None
         """Test hook: may replace the loss (e.g. with NaN) before the finiteness check."""
-        self._reset_stats()
 
     # -- data in -------------------------------------------------------------------------
     def add(self, chunk: Chunk) -> list[Episode]:
+        """Store a chunk's transitions and count what the fleet did; its finished episodes."""
         self.replay.add(chunk.transitions, chunk.frames)
-        self._largest_chunk = max(self._largest_chunk, len(chunk.transitions))
         self.env_steps += chunk.env_steps
         self.transitions += len(chunk.transitions)
         self.episodes += len(chunk.episodes)
-        # A chunk acted on by a restarted learner's predecessor may carry a newer version.
-        self._lag_sum += max(self.version - chunk.version, 0)
-        self._chunks += 1
-        self._eps_sum += chunk.epsilon
         return chunk.episodes
 
     # -- learning ------------------------------------------------------------------------
-    def ready(self) -> bool:
-        """Warm-up done, a batch available, and not ahead of the replay ratio."""
-        lc = self.config.learner
-        if not self.replay.can_sample(lc.batch_size):
-            return False
-        if self.config.replay.kind != "none":
-            if len(self.replay) < self.config.replay.min_size:
-                return False
-            if lc.replay_ratio is not None and \
-                    (self.updates + 1) * lc.batch_size > lc.replay_ratio * self.transitions:
-                return False
-        return True
-
-    def accepts(self, incoming: int) -> bool:
-        """Whether `incoming` more transitions keep the actors within the replay ratio.
-
-        With `replay_ratio` set, actors are throttled so that each transition is replayed
-        about `replay_ratio` times on average; a couple of chunks of slack keep the learner
-        from ever waiting on data when it is the bottleneck.
-        """
-        lc, rc = self.config.learner, self.config.replay
-        if lc.replay_ratio is None or rc.kind == "none" or not lc.throttle_actors:
-            return True
-        if len(self.replay) < rc.min_size:
-            return True  # warming up (also after a resume, whose replay starts empty)
-        allowed = max(rc.min_size, self.updates * lc.batch_size / lc.replay_ratio)
-        slack = 2 * max(self._largest_chunk, lc.batch_size)
-        return self.transitions + incoming <= allowed + slack
-
-    def wants_data(self) -> bool:
-        """A stream learns each transition once: take more only when the stream runs dry."""
-        if self.config.replay.kind == "none":
-            return len(self.replay) < self.config.learner.batch_size
-        return True
-
-    def step(self) -> None:
-        """One gradient update on one sampled batch."""
-        lc = self.config.learner
-        sample = self._prefetched or self.replay.sample(lc.batch_size)
+    def sample(self) -> Sample:
+        """The next batch (on a GPU, the one already queued during the last update)."""
+        sample = self._prefetched or Sample(*self.replay.sample(self.config.learner.batch_size))
         self._prefetched = None
+        return sample
+
+    def step(self, sample: Sample) -> UpdateMetrics | None:
+        """One gradient update on `sample`; None when a non-finite loss skipped it."""
+        lc = self.config.learner
         batch, keys, weights = sample
         if self._use_graph():
-            self._graphed_step(batch, keys, weights)
-            return
+            return self._graphed_step(batch, keys, weights)
         loss, extras = dqn_loss(self.online, self.target, *batch, double=lc.double_dqn,
                                 kind=lc.loss, weights=weights)
         if self._prefetch:
             # On a GPU, queue the next batch's gathers before the one host sync below, so
             # sampling runs while we wait (its priorities are one update old, as in Ape-X).
-            self._prefetched = self.replay.sample(lc.batch_size)
+            self._prefetched = Sample(*self.replay.sample(lc.batch_size))
         if self.fault_hook is not None:
             loss = self.fault_hook(loss)
         if not torch.isfinite(loss):
             self._skipped_nonfinite()
-            return
+            return None
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if lc.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.online.parameters(), lc.grad_clip)
         self.optimizer.step()
-        self._after_update(loss, extras, keys)
+        return self._after_update(loss, extras, keys)
 
     def _use_graph(self) -> bool:
         """A CUDA graph on a GPU with a replay (fixed batch shapes), unless a test hook
@@ -198,17 +172,18 @@ class Learner:
                                           grad_clip=lc.grad_clip)
         return True
 
-    def _graphed_step(self, batch: Any, keys: torch.Tensor, weights: Any) -> None:
+    def _graphed_step(self, batch: Any, keys: torch.Tensor,
+                      weights: Any) -> UpdateMetrics | None:
         """`step` with the update replayed as a CUDA graph: Adam skips a non-finite loss on
         the device, and the host learns of it after queueing the next batch's sampling."""
         assert self._graphed is not None
         loss, extras, skipped = self._graphed(batch, weights)
         if self._prefetch:
-            self._prefetched = self.replay.sample(self.config.learner.batch_size)
+            self._prefetched = Sample(*self.replay.sample(self.config.learner.batch_size))
         if bool(skipped):
             self._skipped_nonfinite()
-            return
-        self._after_update(loss, extras, keys)
+            return None
+        return self._after_update(loss, extras, keys)
 
     def _skipped_nonfinite(self) -> None:
         """An update skipped for a NaN/inf loss (the driver stops the run after
@@ -217,15 +192,13 @@ class Learner:
         self.nonfinite_streak += 1
 
     def _after_update(self, loss: torch.Tensor, extras: dict[str, torch.Tensor],
-                      keys: torch.Tensor) -> None:
+                      keys: torch.Tensor) -> UpdateMetrics:
         self.nonfinite_streak = 0
         self.replay.update_priorities(keys, extras["td_abs"])
         self.updates += 1
         self.replay.anneal(self.updates)
         self._sync_target()
-        self._loss_sum += loss.detach()
-        self._q_sum += extras["mean_q"]
-        self._stat_updates += 1
+        return UpdateMetrics(loss.detach(), extras["mean_q"])
 
     def _sync_target(self) -> None:
         lc = self.config.learner
@@ -247,27 +220,6 @@ class Learner:
     def counters(self) -> Counters:
         return Counters(self.updates, self.env_steps, self.transitions, self.episodes,
                         self.version)
-
-    def pop_stats(self) -> LearnerStats:
-        """Means since the last call, plus counters; resets the means."""
-        n, c = self._stat_updates, self._chunks
-        stats = LearnerStats(
-            self.counters, replay_size=len(self.replay),
-            nonfinite_skipped=self.nonfinite_skipped, nonfinite_streak=self.nonfinite_streak,
-            loss=float(self._loss_sum) / n if n else None,
-            mean_q=float(self._q_sum) / n if n else None,
-            policy_lag=self._lag_sum / c if c else None,
-            epsilon=self._eps_sum / c if c else None)
-        self._reset_stats()
-        return stats
-
-    def _reset_stats(self) -> None:
-        zero = torch.zeros((), device=self.device)
-        self._loss_sum, self._q_sum = zero.clone(), zero.clone()
-        self._stat_updates = 0
-        self._lag_sum = 0.0
-        self._eps_sum = 0.0
-        self._chunks = 0
 
     # -- checkpoints ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -3,8 +3,9 @@
 `ReplayBuffer(storage, sampler)` is a ring of slots; prioritized or uniform is only the
 sampler. Two storages: `DenseStorage` keeps observations as given (vector observations);
 `FrameStorage` keeps each Atari frame once and rebuilds stacks by index at sample time
-(~7 KiB per transition instead of 56 KiB for two 4×84×84 stacks). `StreamBuffer` is the
-course's barebone "no replay": each transition learned from once, in arrival order.
+(one 84×84 frame per transition instead of two 4×84×84 stacks; `qfleet bench replay`
+measures the bytes). `StreamBuffer` is the course's barebone "no replay": each transition
+learned from once, in arrival order.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 import torch
 
-from qfleet.learner.persist import Persistent, load_tensor, saved, tensors_nbytes
 from qfleet.learner.sampling import PrioritizedSampler, UniformSampler
+from qfleet.runs.tensors import Persistent, load_tensor, saved, tensors_nbytes
 from qfleet.transitions import Frames, Transitions
 
 # Chunks arrive from Ray's object store as read-only arrays; they are only ever read here.

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from qfleet.learner.persist import load_tensor, saved, tensors_nbytes
+from qfleet.runs.tensors import load_tensor, saved, tensors_nbytes
 
 
 def linear_anneal(step: int, start: float, end: float, steps: int) -> float:
@@ -90,16 +90,8 @@ class SumTree:
         return {"priorities": saved(self.levels[-1][: self.capacity])}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "priorities" in state:
-            saved = state["priorities"]
-        else:  # a checkpoint from the binary tree: its leaves are the second half
-            half = len(state["tree"]) // 2
-            if half < self.capacity:
-                raise ValueError(f"saved replay's sum tree has {half} leaves, "
-                                 f"this run {self.capacity}")
-            saved = state["tree"][half: half + self.capacity]
         self.levels[-1].zero_()
-        load_tensor(self.levels[-1][: self.capacity], saved, "priorities")
+        load_tensor(self.levels[-1][: self.capacity], state["priorities"], "priorities")
         self._rebuild()
 
     def nbytes(self) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from qfleet.config import save_config
-from qfleet.driver.record import StopReason
+from qfleet.runs.record import StopReason
 from qfleet.sweep.space import Sweep, trial_config
 from qfleet.sweep.trial import METRIC
 

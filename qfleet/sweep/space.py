@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from qfleet.config import Config, ConfigError, config_from_dict, read_yaml, set_key
+from qfleet.presets import resolve
 
 KINDS = ("choice", "uniform", "loguniform", "randint")
 FIXED = "fixed"
@@ -125,7 +126,7 @@ def load_sweep(path: str | Path, base: Config, scheduler: str,
     from) and the scheduler; every problem is one `ConfigError` line. `check`: what else
     each corner config must pass (its network for the env, its replay in memory)."""
     name = Path(path).name
-    loaded = read_yaml(Path(path), "sweep", name)
+    loaded = read_yaml(resolve(path), "sweep", name)
     if not isinstance(loaded, dict) or not loaded:
         raise ConfigError(f"sweep {name}: expected a mapping of dotted config keys to search "
                           "spaces, such as learner.lr: {loguniform: [1.0e-4, 1.0e-3]}")

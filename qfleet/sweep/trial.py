@@ -22,20 +22,19 @@ from typing import Any
 from ray import tune
 from ray.util.placement_group import get_current_placement_group
 
-from qfleet.checkpoint import (
+from qfleet.driver.fleet import Fleet
+from qfleet.envs import env_spec
+from qfleet.runs.checkpoints import (
     CKPT_DIR,
-    LEGACY_REPLAY_FILE,
     CheckpointError,
     find_checkpoint,
     is_replay_file,
     load_run_state,
     replay_name,
 )
-from qfleet.driver.fleet import Fleet
-from qfleet.driver.record import StopReason
-from qfleet.envs import env_spec
+from qfleet.runs.record import StopReason
+from qfleet.runs.storage import RunStorage
 from qfleet.stats import Counters
-from qfleet.storage import RunStorage
 from qfleet.sweep.space import trial_config
 
 STEP_S = 5.0
@@ -163,10 +162,9 @@ class FleetTrial(tune.Trainable):
         folder = Path(checkpoint_dir) / CKPT_DIR
         folder.mkdir(parents=True, exist_ok=True)
         _link_or_copy(path, folder / path.name)
-        for name in (replay_name(counters.updates), LEGACY_REPLAY_FILE):
-            replay = path.parent / name  # a load takes the legacy one only if it belongs
-            if replay.is_file():
-                _link_or_copy(replay, folder / name)
+        replay = path.parent / replay_name(counters.updates)
+        if replay.is_file():
+            _link_or_copy(replay, folder / replay.name)
         (Path(checkpoint_dir) / ORIGIN_FILE).write_text(json.dumps({
             "from_trial": self.trial_id, "env_steps": counters.env_steps,
             "updates": counters.updates, **clocks}))

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from qfleet.config import Config, ConfigError
-from qfleet.storage import RunStorage
+from qfleet.runs.storage import RunStorage
 from qfleet.sweep.results import TrialRow, rank, write_best, write_trials_csv
 from qfleet.sweep.space import Sweep
 from qfleet.sweep.trial import METRIC, FleetTrial
@@ -193,7 +193,7 @@ def check_sweep_dir(storage: RunStorage, plan: SweepPlan, resume: bool) -> None:
 
 def check_fits(plan: SweepPlan) -> None:
     """Refuse a trial that no cluster without an autoscaler could ever place (a
-    `LearnerError` line, exit 2), rather than queue it forever."""
+    `PlacementError` line, exit 2), rather than queue it forever."""
     import ray
 
     from qfleet.driver.placement import autoscaler_present, check_placeable, shape, trial_bundles
@@ -208,9 +208,9 @@ def check_fits(plan: SweepPlan) -> None:
         for key, value in bundle.items():
             need[key] = need.get(key, 0.0) + value
     if any(total.get(key, 0.0) + 1e-6 < value for key, value in need.items()):
-        from qfleet.learner.learner import LearnerError
+        from qfleet.errors import PlacementError
 
-        raise LearnerError(f"a trial needs {shape(need)} (its learner and "
+        raise PlacementError(f"a trial needs {shape(need)} (its learner and "
                            f"{plan.config.actors.num_actors} actors) and the cluster has "
                            f"{shape({k: total.get(k, 0.0) for k in need})}, with no "
                            "autoscaler to add nodes (fewer actors: actors.num_actors=...)")

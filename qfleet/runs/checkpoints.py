@@ -13,12 +13,10 @@ from typing import Any
 
 import torch
 
+from qfleet.errors import CheckpointError
+
 FORMAT = "qfleet-checkpoint/1"
 CKPT_DIR = "checkpoints"
-
-
-class CheckpointError(ValueError):
-    """A missing, unreadable or foreign checkpoint (one line, exit code 2)."""
 
 
 def _write_atomic(path: Path, payload: dict[str, Any]) -> None:
@@ -82,13 +80,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
-LEGACY_REPLAY_FILE = "replay.pt"
-"""Where older runs kept their one replay save (still read on --resume)."""
-
-
 def is_replay_file(name: str) -> bool:
-    """Whether a file of a checkpoints folder is a replay save (this layout or the older)."""
-    return name == LEGACY_REPLAY_FILE or (name.startswith("replay-") and name.endswith(".pt"))
+    """Whether a file of a checkpoints folder is a replay save."""
+    return name.startswith("replay-") and name.endswith(".pt")
 
 
 def replay_name(updates: int) -> str:
@@ -127,15 +121,15 @@ def discard_replay(run_dir: Path, updates: int) -> None:
 
 def load_replay(folder: Path, updates: int) -> dict[str, Any] | None:
     """The replay saved with the checkpoint at `updates` in `folder` (None when none is)."""
-    for path in (Path(folder) / replay_name(updates), Path(folder) / LEGACY_REPLAY_FILE):
-        if not path.is_file():
-            continue
-        try:
-            saved = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:
-            continue  # a damaged replay costs a refill, never the run
-        if isinstance(saved, dict) and saved.get("updates") == updates:
-            return saved["replay"]
+    path = Path(folder) / replay_name(updates)
+    if not path.is_file():
+        return None
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return None  # a damaged replay costs a refill, never the run
+    if isinstance(saved, dict) and saved.get("updates") == updates:
+        return saved["replay"]
     return None
 
 

@@ -18,7 +18,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch.utils.tensorboard import SummaryWriter
 
 from qfleet.config import Config
-from qfleet.evaluation import Scores
+from qfleet.evaluation.evaluator import Scores
 from qfleet.stats import Counters, FleetStats
 from qfleet.transitions import Episode
 

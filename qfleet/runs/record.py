@@ -13,9 +13,11 @@ import shutil
 import time
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from qfleet.checkpoint import (
+from qfleet.config import Config, save_config
+from qfleet.envs import EnvSpec
+from qfleet.runs.checkpoints import (
     CheckpointError,
     discard_replay,
     load_checkpoint,
@@ -24,15 +26,19 @@ from qfleet.checkpoint import (
     save_checkpoint,
     save_replay,
 )
-from qfleet.config import Config, save_config
-from qfleet.envs import EnvSpec
-from qfleet.reporting import Reporter
+from qfleet.runs.storage import RunStorage, Uploader
 from qfleet.stats import Counters
-from qfleet.storage import RunStorage, Uploader
 
 SYNC_EVERY_S = 60.0
 FINAL_UPLOAD_S = 600.0
 """How long the end of a run waits for its last upload (a replay save of several GiB)."""
+
+
+class Console(Protocol):
+    """Where the record says what it did (the driver's `Reporter`)."""
+
+    def print(self, text: str) -> None: ...
+    def flush(self) -> None: ...
 
 
 class StopReason(StrEnum):
@@ -82,7 +88,7 @@ def learner_state(saved: dict[str, Any], counters: dict[str, int],
 
 class RunRecord:
     def __init__(self, config: Config, spec: EnvSpec, storage: RunStorage,
-                 reporter: Reporter, resume: dict[str, Any] | None = None) -> None:
+                 reporter: Console, resume: dict[str, Any] | None = None) -> None:
         """`resume`: the loaded checkpoint the run continues (what a learner lost before
         this run's first checkpoint restarts from)."""
         self.config, self.spec, self.storage, self.reporter = config, spec, storage, reporter

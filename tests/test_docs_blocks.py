@@ -1,6 +1,7 @@
-"""README's "Scale across machines", run as written: every block marked `<!-- test: … -->`
-runs here, whole where it can (the nodes on one machine), and otherwise its commands that
-need no cloud account (setting the image and project in the cluster files)."""
+"""The docs' command blocks, run as written: every block marked `<!-- test: … -->` in a
+page runs here, whole where it can (the nodes on one machine, the Python API example), and
+otherwise its commands that need no cloud account (setting the image and project in the
+cluster files, making the cluster token)."""
 
 from __future__ import annotations
 
@@ -14,21 +15,37 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ray.autoscaler._private.util import prepare_config, validate_config
 
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.slow
 
-README = (ROOT / "README.md").read_text()
+PAGES = {  # each block the tests run, and the page that holds it
+    "python-api": "docs/guides/python-api.md",
+    "local-nodes": "docs/clusters/local.md",
+    "local-autoscaling": "docs/clusters/local.md",
+    "aws": "docs/clusters/aws.md",
+    "gcp": "docs/clusters/gcp.md",
+    "kuberay": "docs/clusters/kubernetes.md",
+}
+TOKEN_PAGE = "docs/clusters/image.md"  # the one-line command that makes the cluster token
 IMAGE = "registry.example.com/team/qfleet:0.1.0-gpu"
 PLACEHOLDERS = ("YOUR-REGISTRY", "YOUR-PROJECT-ID")
 
 
 def block(name: str) -> str:
-    match = re.search(rf"<!-- test: {name} -->\n```[a-z]*\n(.*?)```", README, flags=re.S)
-    assert match, f"README has no block marked test: {name}"
+    page = PAGES[name]
+    text = (ROOT / page).read_text()
+    match = re.search(rf"<!-- test: {name} -->\n```[a-z]*\n(.*?)```", text, flags=re.S)
+    assert match, f"{page} has no block marked test: {name}"
     return match.group(1)
+
+
+def token_line() -> str:
+    lines = [line for line in (ROOT / TOKEN_PAGE).read_text().splitlines()
+             if "secrets.token_hex(32)" in line and "~/.qfleet/ray_auth_token" in line]
+    assert lines, f"{TOKEN_PAGE} has no command that makes ~/.qfleet/ray_auth_token"
+    return lines[0]
 
 
 def run_block(text: str, env: dict[str, str], timeout: float = 600
@@ -99,6 +116,8 @@ def edit(copy: Path, name: str) -> None:
 
 @pytest.mark.parametrize("name", ["aws", "gcp"])
 def test_one_command_names_your_image_and_project_in_a_launcher_file(copy, name):
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
     edit(copy, name)
     text = (copy / "cluster" / f"{name}.yaml").read_text()
     config = yaml.safe_load(text)
@@ -125,8 +144,7 @@ def test_one_command_names_your_image_for_kuberay(copy):
 
 
 def test_the_token_command_makes_a_private_token(tmp_path):
-    line = next(line for line in README.splitlines() if "secrets.token_hex(32)" in line
-                and "~/.qfleet/ray_auth_token" in line)
+    line = token_line()
     env = {**os.environ, "HOME": str(tmp_path)}
     subprocess.run(["bash", "-euo", "pipefail", "-c", line], env=env, check=True)
     token = tmp_path / ".qfleet" / "ray_auth_token"
@@ -135,7 +153,7 @@ def test_the_token_command_makes_a_private_token(tmp_path):
 
 
 def test_python_api_example_runs_as_written(tmp_path):
-    """README's "From Python" example, in a fresh interpreter, from a working directory
+    """The "From Python" guide's example, in a fresh interpreter, from a working directory
     with the repository's configs."""
     shutil.copytree(ROOT / "configs", tmp_path / "configs")
     env = {**os.environ}

@@ -18,10 +18,10 @@ from ray.util.placement_group import PlacementGroup
 from qfleet.config import Config, ConfigError
 from qfleet.driver.failures import describe_failure
 from qfleet.driver.placement import LEARNER_BUNDLE, evaluator_options, in_bundle
+from qfleet.driver.reporter import Reporter
 from qfleet.envs import EnvSpec
-from qfleet.evaluation import Recording
-from qfleet.remote import RemoteEvaluator
-from qfleet.reporting import Reporter
+from qfleet.evaluation.evaluator import Recording
+from qfleet.evaluation.worker import RemoteEvaluator
 from qfleet.transitions import Episode
 
 EVAL_GRACE_S = 2.0

@@ -1,0 +1,1 @@
+"""Greedy evaluation: the `Evaluator` (`evaluator`) and its Ray wrapper (`worker`)."""
