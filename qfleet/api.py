@@ -27,6 +27,7 @@ from qfleet.runs.checkpoints import (
     load_checkpoint,
     load_run_state,
 )
+from qfleet.runs.existing import Existing
 from qfleet.runs.storage import RunStorage
 
 ConfigLike = str | os.PathLike[str] | dict[str, Any] | Config
@@ -154,15 +155,28 @@ def prepare_run(config: ConfigLike | None, overrides: Sequence[str] = (), *,
 # -- train ---------------------------------------------------------------------------------------
 def train(config: ConfigLike | None, overrides: Sequence[str] | None = None, *,
           run_dir: str | os.PathLike[str] | None = None, address: str | None = None,
-          resume: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+          resume: str | os.PathLike[str] | None = None,
+          if_exists: str = "fail") -> dict[str, Any]:
     """Train until the config's stop condition; return the run's summary (what
     `summary.json` holds: `stopped_by`, `exit_code`, `eval_return_mean`, `checkpoint`, ...).
 
     `config`: a YAML path, a dict of sections or a `Config` (None with `resume`: the run's
     own). Joins the Ray cluster at `address` (or `RAY_ADDRESS`), or starts a local Ray and
     shuts it down at the end; a Ray this process had started already is left running.
+
+    `if_exists`: what to do when `run_dir` already holds a run. `fail` (the default)
+    refuses with `RunExistsError`; `resume` continues it from its newest checkpoint, as a
+    retried job should, or returns its summary at once (with `already_ended: true`) when
+    it ended on its target or budget.
     """
     start = time.monotonic()
+    if resume is None and run_dir is not None:
+        existing = _existing_run(run_dir, if_exists)
+        if existing is not None and existing.ended:
+            assert existing.summary is not None
+            return {**existing.summary, "already_ended": True}
+        if existing is not None and existing.checkpoints:
+            resume = run_dir  # a run cut short before its first checkpoint starts over
     cfg, spec, storage, resume_state, modules = prepare_run(
         config, overrides or (), run_dir=run_dir, address=address, resume=resume)
     local_token_auth(address)
@@ -180,6 +194,21 @@ def train(config: ConfigLike | None, overrides: Sequence[str] | None = None, *,
     finally:
         if ours and ray.is_initialized():
             ray.shutdown()
+
+
+def _existing_run(run_dir: str | os.PathLike[str], if_exists: str) -> Existing | None:
+    """The run already in `run_dir` that this command may continue (None: none there)."""
+    from qfleet.runs.existing import IfExists, find_existing, refuse
+
+    try:
+        mode = IfExists(if_exists)
+    except ValueError:
+        raise ConfigError(f"--if-exists: expected fail or resume, got {if_exists!r}") from None
+    storage = RunStorage(run_dir)
+    existing = find_existing(storage)
+    if existing is not None and mode is IfExists.FAIL:
+        raise refuse(storage, existing)
+    return existing
 
 
 # -- sweeps ---------------------------------------------------------------------------------------

@@ -51,6 +51,10 @@ def train(
         help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")] = None,
     resume: Annotated[str | None, typer.Option(
         help="Continue a run from its newest checkpoint.")] = None,
+    if_exists: Annotated[str, typer.Option(
+        help="When --run-dir already holds a run: fail (never write over it) or resume "
+             "(continue from its newest checkpoint; succeed at once if it ended on its "
+             "target or budget), as a retried job should.")] = "fail",
 ) -> None:
     """Train a DQN fleet: actors on CPUs, one learner, live console and TensorBoard."""
     from qfleet import api
@@ -58,7 +62,8 @@ def train(
 
     try:
         path, overrides = _split_args(args or [])
-        summary = api.train(path, overrides, run_dir=run_dir, address=address, resume=resume)
+        summary = api.train(path, overrides, run_dir=run_dir, address=address, resume=resume,
+                            if_exists=if_exists)
     except QfleetError as err:
         raise _fail(str(err)) from None
     except OSError as err:  # the run directory cannot be written (summary, config)
@@ -67,6 +72,10 @@ def train(
         raise _fail("interrupted: exiting without a final checkpoint",
                     EXIT_INTERRUPTED) from None
     print(json.dumps(summary))
+    if summary.get("already_ended"):
+        print(f"qfleet: done: the run in {run_dir} already ended "
+              f"({summary.get('stop_message', summary['stopped_by'])}); nothing to do")
+        return
     reason = StopReason(summary["stopped_by"])
     if reason.exit_code == 0:
         print(f"qfleet: done: {summary['stop_message']}")

@@ -20,6 +20,10 @@ class CheckpointError(QfleetError):
     """A checkpoint or run directory cannot be read or continued."""
 
 
+class RunExistsError(CheckpointError):
+    """`--run-dir` already holds a run that this command would write over."""
+
+
 class PlacementError(QfleetError):
     """The cluster can never host the fleet as configured (CPUs, GPUs, an actor's share)."""
 

@@ -128,14 +128,26 @@ def test_interrupt_checkpoints_and_resume_continues_counters(run_dir):
     first = summary(run_dir)
     assert first["stopped_by"] == "interrupted" and first["env_steps"] > 0
 
+    # The same command again (a retried job) never writes over the run...
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+    again = qfleet("train", CONFIGS / "cartpole.yaml", "--run-dir", run_dir, timeout=120)
+    assert_one_line_error(again, "holds a run already (stopped by interrupted",
+                          "--if-exists resume")
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()} == before
+    # ...and with --if-exists resume it continues from the newest checkpoint, as --resume.
     more = first["env_steps"] + 20_000
-    result = qfleet("train", "--resume", run_dir, f"stop.env_steps={more}",
-                    "stop.target_return=null")
+    args = ("train", CONFIGS / "cartpole.yaml", "--run-dir", run_dir, "--if-exists", "resume",
+            f"stop.env_steps={more}", "stop.target_return=null")
+    result = qfleet(*args)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     second = summary(run_dir)
     assert second["replay_restored"] > 0  # the replay came back, not an empty one
     assert second["env_steps"] >= more
     assert second["updates"] >= first["updates"]
+    # A run that ended on its budget: the retry succeeds at once, the run untouched.
+    ended = qfleet(*args, timeout=120)
+    assert ended.returncode == 0 and "already ended" in ended.stdout, ended.stderr
+    assert summary(run_dir) == second
     # A checkpoint of another env or network shape is refused before anything starts.
     foreign = qfleet("train", "--resume", run_dir, "env.id=LunarLander-v3", timeout=120)
     assert_one_line_error(foreign, "does not match env 'LunarLander-v3'")

@@ -300,8 +300,10 @@ def headline(result: dict[str, Any]) -> list[tuple[str, str]]:
             medians.append(f"{name} {s['final_return_median']:.1f}")
     if result.get("time_ratio") is not None:
         medians.append(f"ratio {result['time_ratio']:.2f}")
-    if result.get("versus"):
-        medians = [m.replace("variant", " ".join(result["versus"]), 1) for m in medians]
+    if result.get("versus"):  # an A/B of one config: name the two by what differs
+        medians = [m.replace("qfleet", "as configured", 1)
+                   .replace("variant", f"with {' '.join(result['versus'])}", 1)
+                   for m in medians]
     what = (f"{result['env_id']} time to greedy {result['target']:g}"
             if result.get("target") is not None else
             f"{result['env_id']} greedy return after {result['seconds']:g} s")

@@ -79,6 +79,33 @@ class RunStorage:
                 shutil.copyfileobj(src, out, CHUNK_BYTES)
         self._remember()
 
+    def read_text(self, name: str) -> str | None:
+        """One file of the run (`summary.json`, say), from the URI when there is one;
+        None when it is not there. Cheap: a retried job asks before it fetches a whole run."""
+        if self.uri is None:
+            path = self.local / name
+            return path.read_text() if path.is_file() else None
+        try:
+            with self._fs.open_input_stream(f"{self._root}/{name}") as src:
+                return src.read().decode()
+        except (FileNotFoundError, OSError):
+            return None
+
+    def names(self, folder: str) -> list[str]:
+        """The file names in `folder` of the run (on the URI when there is one)."""
+        if self.uri is None:
+            local = self.local / folder
+            return sorted(p.name for p in local.iterdir() if p.is_file()) \
+                if local.is_dir() else []
+        import pyarrow.fs as pafs
+
+        try:
+            found = self._fs.get_file_info(pafs.FileSelector(f"{self._root}/{folder}",
+                                                             allow_not_found=True))
+        except OSError:
+            return []
+        return sorted(i.base_name for i in found if i.type == pafs.FileType.File)
+
     def _remember(self) -> None:
         for path in self.local.rglob("*"):
             if path.is_file():
