@@ -71,6 +71,8 @@ class FleetStats:
     learner_pid: int = 0
     actor_devices: dict[int, str] = field(default_factory=dict)
     """Where each actor's acting network ran (`cpu`, `cuda`), from its chunks."""
+    chunks_over_budget: int = 0
+    """Chunks answered but not learned from: they came after `stop.env_steps` was spent."""
 
     @property
     def counters(self) -> Counters:

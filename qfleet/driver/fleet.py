@@ -92,6 +92,7 @@ class Fleet:
         self._trained_before = trained_s
         self.summary: dict[str, Any] | None = None
         self.nodes: set[str] = set()
+        self.chunks_over_budget = 0  # the newest learner's count (stats)
         self.eval_mean: float | None = None
         self.eval_std: float | None = None
         self.eval_scores: Scores | None = None
@@ -239,6 +240,7 @@ class Fleet:
     def _absorb(self, stats: FleetStats) -> None:
         assert self.sup is not None
         self.counters = stats.counters
+        self.chunks_over_budget = stats.chunks_over_budget
         self.nodes |= stats.actor_nodes
         learner = stats.learner
         generation, seen = self._nonfinite
@@ -419,6 +421,7 @@ class Fleet:
             "actor_restarts": sup.actor_restarts,
             "learner_restarts": sup.learner_restarts,
             "chunks_dropped": sup.chunks_dropped,
+            "chunks_over_budget": self.chunks_over_budget,
             "actor_nodes": len(self.nodes),
             "actor_node_ids": sorted(self.nodes),
             "learner_node_id": sup.learner_node,

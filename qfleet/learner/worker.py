@@ -90,6 +90,7 @@ class LearnerWorker:
         self._pids: dict[int, int] = {}
         self._devices: dict[int, str] = {}
         self._episodes: list[Episode] = []
+        self._over_budget = 0  # chunks dropped past stop.env_steps
         self._stopping = False
         self._error: BaseException | None = None
         self._weights: tuple[int, ray.ObjectRef]
@@ -126,6 +127,15 @@ class LearnerWorker:
             self.inbox.close(error=err)
 
     def _ingest(self, chunk: Chunk) -> None:
+        budget = self.config.stop.env_steps
+        if budget is not None and self.learner.env_steps >= budget:
+            # The env-step budget caps what is learned from, not only when the driver
+            # notices (up to a tick later): a chunk past it is answered and dropped, so a
+            # run overshoots by at most the one chunk that crossed it (the Atari 100k
+            # protocol's 100k agent steps mean 100k).
+            self._over_budget += 1
+            self.inbox.taken(len(chunk.transitions))
+            return
         with self._lock:
             self.window.chunk(chunk, self.learner.version)
             self.limiter.saw_chunk(len(chunk.transitions))
@@ -156,7 +166,8 @@ class LearnerWorker:
         learner, episodes = await self._read(self._pop_stats)
         return FleetStats(learner, tuple(episodes), self._weights[1], len(self.inbox),
                           frozenset(self._nodes), dict(self._chunks_by_actor),
-                          dict(self._pids), os.getpid(), dict(self._devices))
+                          dict(self._pids), os.getpid(), dict(self._devices),
+                          self._over_budget)
 
     def _locked(self, read: Callable[[], Any]) -> Any:
         with self._lock:
