@@ -15,6 +15,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
+# Made by the image's user (ray, 1000:100) before WORKDIR names it: a builder without
+# BuildKit (the classic builder, kaniko) creates a missing WORKDIR as root, and `pip install .`
+# could not write its build files there.
+RUN mkdir -p /home/ray/qfleet
 WORKDIR /home/ray/qfleet
 
 # The tested torch, pinned: the CPU build for the cpu variant; for gpu, PyPI's default build

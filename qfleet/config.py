@@ -320,6 +320,11 @@ class EvalConfig(_Section):
     starts) or `noop30` (the DQN-era tables: no sticky actions, up to 30 no-op starts)."""
     max_episode_steps: int = Field(27_000, ge=1)
     """Agent steps an evaluation episode may last (27,000 = 108,000 Atari frames)."""
+    final_time_s: float = Field(300.0, gt=0)
+    """Wall-clock seconds the evaluation of the final weights (after a budget ends the run)
+    may take: a barely trained agent can play every episode to `max_episode_steps`.
+    Episodes still running then are cut short, counted in `summary.json`
+    (`eval_episodes_cut`) and left out of the mean."""
     noisy: bool = True
     """With noisy nets: evaluate the noisy network, `epsilon` on top (Rainbow's paper), or
     its mean path (false: Dopamine's evaluation, which DER's and BBF's Atari 100k scores

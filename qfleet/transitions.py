@@ -52,6 +52,9 @@ class Episode(NamedTuple):
     """Undiscounted, unclipped return."""
     length: int
     terminated: bool
+    cut: bool = False
+    """An evaluation episode stopped by the evaluation's time limit, not by the env or its
+    step cap (not a score: left out of the mean)."""
 
 
 @dataclass

@@ -66,3 +66,12 @@ def not_an_env(**kwargs) -> str:
 
 
 gym.register("QfleetCorridor-v0", entry_point=Corridor)
+
+
+class Treadmill(Corridor):
+    """A corridor without an end: an episode lasts until something cuts it (the step cap,
+    an evaluation's time limit), as a barely trained Breakout agent's does."""
+
+    def step(self, action):
+        obs, _, _, truncated, info = super().step(action)
+        return obs, 0.0, False, truncated, info

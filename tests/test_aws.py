@@ -82,7 +82,7 @@ def test_a_run_in_a_bucket_is_mirrored_and_tensorboard_reads_it(local_aws, tmp_p
     staged = next((tmp_path / ".cache" / "qfleet" / "staging").iterdir())
     assert summary(staged)["run_uri"] == uri
 
-    # docs/clusters/aws.md: `AWS_REGION=us-west-2 tensorboard --logdir s3://YOUR-BUCKET/runs/si`
+    # docs/clusters/aws.md: `AWS_DEFAULT_REGION=us-west-2 tensorboard --logdir s3://YOUR-BUCKET/runs/si`
     port = free_port()
     board = subprocess.Popen(["tensorboard", "--logdir", uri, "--port", str(port),
                               "--host", "127.0.0.1", "--reload_interval", "1"],
@@ -106,24 +106,47 @@ def aws(env: dict[str, str], *args: str) -> str:
                           text=True, check=True).stdout
 
 
-def test_aws_setup_makes_the_profile_the_cluster_file_names_and_can_run_again(local_aws):
+def profile(env: dict[str, str], name: str) -> tuple[dict, set[str], dict[str, dict]]:
+    """An instance profile, its role's managed policies and its inline ones."""
+    found = json.loads(aws(env, "iam", "get-instance-profile", "--instance-profile-name",
+                           name))["InstanceProfile"]
+    assert [r["RoleName"] for r in found["Roles"]] == [name]
+    attached = json.loads(aws(env, "iam", "list-attached-role-policies", "--role-name",
+                              name))["AttachedPolicies"]
+    names = json.loads(aws(env, "iam", "list-role-policies", "--role-name", name))["PolicyNames"]
+    inline = {n: json.loads(aws(env, "iam", "get-role-policy", "--role-name", name,
+                                "--policy-name", n))["PolicyDocument"] for n in names}
+    return found, {p["PolicyName"] for p in attached}, inline
+
+
+def test_aws_setup_makes_least_privilege_profiles_and_can_run_again(local_aws):
+    env = {**local_aws, "QFLEET_IAM_SETTLE_S": "1"}
+    outputs = []
     for _ in range(2):  # once per account, but harmless again
-        result = subprocess.run(["bash", "cluster/aws-setup.sh"], cwd=ROOT, env=local_aws,
-                                capture_output=True, text=True, timeout=120)
+        result = subprocess.run(["bash", "cluster/aws-setup.sh", "qfleet-runs"], cwd=ROOT,
+                                env=env, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr
-    profile = json.loads(aws(local_aws, "iam", "get-instance-profile", "--instance-profile-name",
-                             "qfleet-node"))["InstanceProfile"]
-    assert [r["RoleName"] for r in profile["Roles"]] == ["qfleet-node"]
-    attached = json.loads(aws(local_aws, "iam", "list-attached-role-policies", "--role-name",
-                              "qfleet-node"))["AttachedPolicies"]
-    assert {p["PolicyName"] for p in attached} == {
-        "AmazonEC2FullAccess", "AmazonSSMReadOnlyAccess", "AmazonEC2ContainerRegistryReadOnly",
-        "AmazonS3FullAccess"}
-    inline = json.loads(aws(local_aws, "iam", "get-role-policy", "--role-name", "qfleet-node",
-                            "--policy-name", "pass-itself"))["PolicyDocument"]
-    (statement,) = inline["Statement"]
-    assert statement["Action"] == "iam:PassRole"
-    assert statement["Resource"] == profile["Roles"][0]["Arn"]
+        outputs.append(result.stdout)
+    # New profiles: it waits for EC2 to see them; the second run created nothing.
+    assert "waiting 1 s" in outputs[0] and "waiting" not in outputs[1]
+    head, head_managed, head_inline = profile(local_aws, "qfleet-head")
+    worker, worker_managed, worker_inline = profile(local_aws, "qfleet-worker")
+    assert head_managed == {"AmazonEC2FullAccess", "AmazonSSMReadOnlyAccess",
+                            "AmazonEC2ContainerRegistryReadOnly"}
+    # The actor nodes: image pulls and the run bucket, nothing else (no EC2, IAM, S3 at large).
+    assert worker_managed == {"AmazonEC2ContainerRegistryReadOnly"}
+    assert set(worker_inline) == {"run-bucket"}
+    for inline in (head_inline, worker_inline):
+        resources = {r for st in inline["run-bucket"]["Statement"]
+                     for r in ([st["Resource"]] if isinstance(st["Resource"], str)
+                               else st["Resource"])}
+        assert resources == {"arn:aws:s3:::qfleet-runs", "arn:aws:s3:::qfleet-runs/*"}
+    (passing,) = head_inline["pass-node-roles"]["Statement"]
+    assert passing["Action"] == "iam:PassRole"
+    assert set(passing["Resource"]) == {head["Roles"][0]["Arn"], worker["Roles"][0]["Arn"]}
+    missing = subprocess.run(["bash", "cluster/aws-setup.sh"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode != 0 and "usage: cluster/aws-setup.sh BUCKET" in missing.stderr
 
 
 BOOTSTRAP = """
@@ -140,7 +163,8 @@ print(json.dumps(config["available_node_types"]))
 def test_rays_aws_bootstrap_takes_the_cluster_file(local_aws):
     """`ray up`'s bootstrap: the instance profile cluster/aws-setup.sh made, a key pair,
     subnets and a security group; CPUs and GPUs read off the instance types."""
-    subprocess.run(["bash", "cluster/aws-setup.sh"], cwd=ROOT, env=local_aws, check=True,
+    subprocess.run(["bash", "cluster/aws-setup.sh", "qfleet-runs"], cwd=ROOT,
+                   env={**local_aws, "QFLEET_IAM_SETTLE_S": "0"}, check=True,
                    capture_output=True, timeout=120)
     result = subprocess.run([sys.executable, "-c", BOOTSTRAP], cwd=ROOT, env=local_aws,
                             capture_output=True, text=True, timeout=300)
@@ -150,7 +174,7 @@ def test_rays_aws_bootstrap_takes_the_cluster_file(local_aws):
     assert head["resources"]["CPU"] == 16 and head["resources"]["GPU"] == 1
     assert head["resources"]["qfleet_learner"] == 1
     assert workers["resources"]["CPU"] == workers["resources"]["qfleet_actor"] == 32
-    for node in (head, workers):
+    for node, name in ((head, "qfleet-head"), (workers, "qfleet-worker")):
         config = node["node_config"]
-        assert config["IamInstanceProfile"] == {"Name": "qfleet-node"}
+        assert config["IamInstanceProfile"] == {"Name": name}
         assert config["SubnetIds"] and config["SecurityGroupIds"] and config["KeyName"]

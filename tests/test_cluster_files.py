@@ -138,18 +138,23 @@ def test_token_auth_and_a_token_file_the_container_user_can_read(name):
         assert "RAY_AUTH_MODE=disabled" not in cmd
 
 
-def test_aws_nodes_boot_a_current_deep_learning_ami_with_the_setup_scripts_profile():
+def test_aws_nodes_boot_a_current_deep_learning_ami_with_the_setup_scripts_profiles():
     setup = (ROOT / "cluster" / "aws-setup.sh").read_text()
-    profile = re.search(r'NAME="\$\{1:-([\w-]+)\}"', setup).group(1)
-    for node in launcher("aws.yaml")["available_node_types"].values():
+    profiles = {"head": re.search(r"^HEAD=([\w-]+)$", setup, re.M).group(1),
+                "worker": re.search(r"^WORKER=([\w-]+)$", setup, re.M).group(1)}
+    config = launcher("aws.yaml")
+    for name, node in config["available_node_types"].items():
         image = node["node_config"]["ImageId"]
         assert image != "ami-0a2363a9cff180a64"  # the 2020 DLAMI on Ubuntu 18.04
         assert image.startswith("resolve:ssm:/aws/service/deeplearning/ami/x86_64/base-oss-nvidia")
-        # Ray's default role goes to the head only and cannot read SSM or ECR.
-        assert node["node_config"]["IamInstanceProfile"] == {"Name": profile}
+        # Ray's default role goes to the head only and cannot read SSM or ECR; each node
+        # type runs with the setup script's profile for its job.
+        role = "head" if name == config["head_node_type"] else "worker"
+        assert node["node_config"]["IamInstanceProfile"] == {"Name": profiles[role]}
     for policy in ("AmazonSSMReadOnlyAccess", "AmazonEC2ContainerRegistryReadOnly",
-                   "AmazonEC2FullAccess", "AmazonS3FullAccess", "iam:PassRole"):
+                   "AmazonEC2FullAccess", "iam:PassRole", "run-bucket"):
         assert policy in setup
+    assert "AmazonS3FullAccess" not in setup  # the run bucket alone (least privilege)
 
 
 def test_cluster_scripts_pass_shellcheck():
@@ -174,9 +179,19 @@ def test_gcp_gpu_node_gets_a_driver_full_accelerator_path_cpus_and_a_disk_type()
     assert gpu["acceleratorType"] == f"{zone}/acceleratorTypes/nvidia-l4"
     assert {"key": "install-nvidia-driver", "value": "True"} in head["metadata"]["items"]
     assert head["scheduling"] == {"onHostMaintenance": "TERMINATE"}
-    # The GPU container starts once the driver the image installs at boot is there.
-    head_init = config["available_node_types"][config["head_node_type"]]
-    assert any("nvidia-smi" in cmd for cmd in head_init["initialization_commands"])
+    # The GPU container starts once the driver the image installs at boot is there. `ray up`
+    # runs only the top-level list on the head (a node type's own list reaches workers
+    # alone: commands.get_or_create_head_node), so the wait must be there...
+    waits = [cmd for cmd in config["initialization_commands"] if "nvidia-smi" in cmd]
+    assert waits
+    # ...and a CPU worker, which runs its type's list or else the top-level one, must not
+    # wait for a driver it does not have.
+    for name, node in config["available_node_types"].items():
+        if name == config["head_node_type"] or node["resources"].get("GPU"):
+            continue
+        effective = node.get("initialization_commands", config["initialization_commands"])
+        for cmd in effective:
+            assert "nvidia-smi" not in cmd or "lspci | grep -qi nvidia" in cmd, (name, cmd)
     email = f"ray-autoscaler-sa-v1@{provider['project_id']}.iam.gserviceaccount.com"
     for name, node in config["available_node_types"].items():
         if name != config["head_node_type"]:  # Ray gives the head its service account

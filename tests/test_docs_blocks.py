@@ -112,6 +112,7 @@ def edit(copy: Path, name: str) -> None:
     result = subprocess.run(["bash", "-euo", "pipefail", "-c", setting_lines(name)],
                             cwd=copy, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+    assert not list(copy.rglob("*.bak"))  # `sed -i.bak … && rm`: GNU and BSD sed alike
 
 
 @pytest.mark.parametrize("name", ["aws", "gcp"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 
 import pytest
 
@@ -64,6 +65,20 @@ def test_episodes_are_capped_even_where_the_env_has_no_time_limit():
     ev, weights = evaluator(c)
     episodes = ev.evaluate(weights, 3, epsilon=0.0)
     assert [(e.length, e.terminated) for e in episodes] == [(25, False)] * 3
+
+
+def test_an_evaluation_past_its_time_limit_returns_its_episodes_cut_short():
+    c = config(env={"id": "tests.envs:Treadmill"}, eval={"max_episode_steps": 10**9})
+    ev, weights = evaluator(c)
+    started = time.monotonic()
+    episodes = ev.evaluate(weights, 3, epsilon=0.0, time_limit_s=0.5)
+    assert 0.5 <= time.monotonic() - started < 5
+    assert len(episodes) == 3 and all(e.cut and not e.terminated for e in episodes)
+    assert all(e.length > 0 for e in episodes)
+    # Without a limit, nothing is cut: the step cap ends them.
+    capped = evaluator(config(env={"id": "tests.envs:Treadmill"},
+                              eval={"max_episode_steps": 7}))[0].evaluate(weights, 2, 0.0)
+    assert [(e.length, e.cut) for e in capped] == [(7, False)] * 2
 
 
 def test_a_rendered_env_is_filmed_frame_for_frame():

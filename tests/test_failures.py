@@ -104,6 +104,14 @@ def test_a_budget_spent_while_a_long_evaluation_runs_ends_cleanly(run_dir):
     assert s["stopped_by"] == "env_steps" and s["eval_return_mean"] is not None
     assert "qfleet: done: env-step budget spent" in result.stdout
     assert json.loads(result.stdout.strip().splitlines()[-2])["stopped_by"] == "env_steps"
+    # stop.env_steps caps what the learner takes in: past it, chunks are answered and
+    # dropped, so the run overshoots by at most the one chunk that crossed it, and the stop
+    # line and summary.json give the same count.
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())["actors"]
+    chunk = cfg["chunk_steps"] * cfg["envs_per_actor"]
+    assert 30_000 <= s["env_steps"] < 30_000 + chunk
+    assert f"({s['env_steps']:,} of stop.env_steps=30,000)" in s["stop_message"]
+    assert f"({s['env_steps']:,} of stop.env_steps=30,000)" in result.stdout
 
 
 def test_sigterm_writes_a_final_checkpoint_and_exits_143(run_dir):
@@ -131,3 +139,21 @@ def test_the_chaos_benchmark_survives_its_kills_and_still_reaches_the_target():
     assert report["learner_restarts"] == 1 and report["actor_restarts"] >= 1
     assert report["env_steps_monotone"]
     assert report["reached_target"], report
+
+
+def test_the_final_evaluation_ends_at_its_time_limit_and_counts_what_it_cut(run_dir):
+    """An agent whose episodes never end (a barely trained Breakout agent that never
+    presses FIRE): the final evaluation stops at eval.final_time_s, says so, and the summary
+    counts the episodes it cut instead of averaging them in."""
+    started = time.monotonic()
+    result = qfleet("train", CONFIGS / "cartpole.yaml", "env.id=tests.envs:Treadmill",
+                    "stop.env_steps=2000", "stop.target_return=null", "eval.every_s=1000",
+                    "eval.max_episode_steps=100000000", "eval.final_time_s=3",
+                    "--run-dir", run_dir, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    episodes = yaml.safe_load((run_dir / "config.yaml").read_text())["eval"]["episodes"]
+    assert "final evaluation: " in result.stdout and "3 s at most" in result.stdout
+    assert f"{episodes} of {episodes} episodes cut short" in result.stdout
+    s = summary(run_dir)
+    assert s["eval_episodes_cut"] == episodes and s["eval_return_mean"] is None
+    assert time.monotonic() - started < 120

@@ -25,7 +25,7 @@ def run(seconds: float, actors: int = 2, env_id: str = "CartPole-v1",
     from qfleet.learner.worker import RemoteLearner
 
     config = load_config(None, [f"env.id={env_id}", f"actors.num_actors={actors}",
-                                "stop.env_steps=1", "replay.capacity=200000",
+                                "stop.time_s=3600", "replay.capacity=200000",
                                 "replay.min_size=200000", "actors.envs_per_actor=16",
                                 "actors.chunk_steps=16", "learner.inbox_chunks=16"])
     spec = env_spec(config.env)

@@ -93,6 +93,7 @@ class Fleet:
         self.summary: dict[str, Any] | None = None
         self.nodes: set[str] = set()
         self.chunks_over_budget = 0  # the newest learner's count (stats)
+        self.eval_episodes_cut = 0  # the final evaluation's, cut by eval.final_time_s
         self.eval_mean: float | None = None
         self.eval_std: float | None = None
         self.eval_scores: Scores | None = None
@@ -319,6 +320,18 @@ class Fleet:
                              f"greedy evaluation reached {self.eval_mean:.1f} (target "
                              f"{target:g}) {elapsed:.1f} s after the start")
 
+    def _record_final(self, episodes: list[Episode]) -> None:
+        """The final evaluation's episodes; those its time limit cut short are counted and
+        said, never averaged in (a cut episode's return is no score)."""
+        cut = [e for e in episodes if e.cut]
+        self.eval_episodes_cut = len(cut)
+        if cut:
+            self.reporter.print(
+                f"final evaluation: {len(cut)} of {len(episodes)} episodes cut short at "
+                f"eval.final_time_s={self.config.eval.final_time_s:g} (left out of the mean)")
+        if len(cut) < len(episodes):
+            self._record_eval([e for e in episodes if not e.cut])
+
     def _last_video(self, sup: Supervisor) -> None:
         """A video being filmed when training ended: waited for up to VIDEO_GRACE_S, in 1 s
         slices so that a SIGTERM or a further Ctrl-C moves on to the summary at once."""
@@ -393,7 +406,7 @@ class Fleet:
                     self.reporter.print("final evaluation abandoned (Ctrl-C)")
                     episodes = None
                 if episodes is not None:
-                    self._record_eval(episodes)
+                    self._record_final(episodes)
         path = record.newest_checkpoint()
         sup.shutdown()
         wall = time.monotonic() - self.command_start
@@ -411,6 +424,7 @@ class Fleet:
             "eval_return_std": self.eval_std,
             "eval_return_sem": scores and scores.return_sem,
             "eval_episodes": len(scores.episodes) if scores else 0,
+            "eval_episodes_cut": self.eval_episodes_cut,
             "eval_protocol": protocol_name(self.config),
             "train_protocol": training_protocol(self.config),
             "eval_epsilon": self.config.eval.epsilon,

@@ -54,9 +54,10 @@ class Evaluations:
     def running(self) -> bool:
         return self._eval_ref is not None
 
-    def launch(self, weights: Any) -> None:
+    def launch(self, weights: Any, time_limit_s: float | None = None) -> None:
         c = self.config.eval
-        self._eval_ref = self.evaluator.evaluate.remote(weights, c.episodes, c.epsilon)
+        self._eval_ref = self.evaluator.evaluate.remote(weights, c.episodes, c.epsilon,
+                                                        time_limit_s)
 
     @property
     def pending(self) -> list[ray.ObjectRef]:
@@ -119,8 +120,11 @@ class Evaluations:
             self._eval_ref = None  # the final evaluation must not queue behind either
             self._replace()
         weights = ray.put(network)
+        limit = self.config.eval.final_time_s
+        self.reporter.print(f"final evaluation: {self.config.eval.episodes} episodes of the "
+                            f"final weights, {limit:g} s at most (eval.final_time_s)")
         for _ in range(2):
-            self.launch(weights)
+            self.launch(weights, limit)
             while self._eval_ref is not None and not give_up():
                 result = self.collect(timeout=1.0)
                 if result is not None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import statistics
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -154,8 +155,9 @@ class Evaluator:
         return seed
 
     def evaluate(self, state: dict[str, torch.Tensor], episodes: int,
-                 epsilon: float) -> list[Episode]:
-        """One episode in each of `episodes` envs; fresh seeds on every call."""
+                 epsilon: float, time_limit_s: float | None = None) -> list[Episode]:
+        """One episode in each of `episodes` envs; fresh seeds on every call. Past
+        `time_limit_s`, the episodes still running are returned cut short (`cut`)."""
         self.net.load_state_dict(state)
         seed = self._next_seed(episodes)
         envs = make_vec_env(self.env, episodes, seed)
@@ -163,8 +165,13 @@ class Evaluator:
         returns = np.zeros(episodes)
         lengths = np.zeros(episodes, dtype=np.int64)
         finished: list[Episode | None] = [None] * episodes
+        deadline = None if time_limit_s is None else time.monotonic() + time_limit_s
         try:
             while any(f is None for f in finished):
+                if deadline is not None and time.monotonic() >= deadline:
+                    finished = [f or Episode(float(returns[e]), int(lengths[e]), False, True)
+                                for e, f in enumerate(finished)]
+                    break
                 step = envs.step(self._act(obs, epsilon))
                 returns += step.rewards
                 lengths += 1

@@ -18,10 +18,11 @@ class EvaluatorWorker:
     def __init__(self, config: dict[str, Any], spec: EnvSpec) -> None:
         self.evaluator = Evaluator(config_from_dict(config), spec)
 
-    def evaluate(self, state: dict[str, torch.Tensor], episodes: int,
-                 epsilon: float) -> tuple[list[tuple[float, int, bool]], float]:
+    def evaluate(self, state: dict[str, torch.Tensor], episodes: int, epsilon: float,
+                 time_limit_s: float | None = None
+                 ) -> tuple[list[tuple[float, int, bool, bool]], float]:
         start = time.perf_counter()
-        result = self.evaluator.evaluate(state, episodes, epsilon)
+        result = self.evaluator.evaluate(state, episodes, epsilon, time_limit_s)
         return [tuple(e) for e in result], time.perf_counter() - start
 
     def record(self, state: dict[str, torch.Tensor], epsilon: float) -> Recording:
