@@ -67,3 +67,25 @@ def test_a_run_on_a_storage_uri_is_found_without_fetching_it(tmp_path):
     assert existing.describe() == "no summary yet; newest checkpoint ckpt-0000000300.pt"
     assert not storage.local.exists()  # nothing was downloaded to find it
     assert find_existing(RunStorage(f"file://{tmp_path / 'bucket' / 'other'}")) is None
+
+
+def test_a_sweep_directory_and_a_run_directory_never_take_each_other(tmp_path):
+    from qfleet.errors import RunExistsError
+    from qfleet.sweep.tuner import check_sweep_dir
+
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    (sweep_dir / "sweep.json").write_text("{}")
+    for mode in ("fail", "resume"):
+        assert_one_line_error(qfleet("train", CONFIGS / "cartpole.yaml", "--run-dir", sweep_dir,
+                                     "--if-exists", mode, timeout=120),
+                              "holds a sweep; a training run never writes into it")
+    run_dir = tmp_path / "run"
+    fake_run(run_dir, "env_steps")
+    with pytest.raises(RunExistsError, match="holds a training run"):
+        check_sweep_dir(RunStorage(run_dir), None, resume=False)
+    # A sweep on a storage URI is seen there, not in a staging copy never fetched.
+    uri = RunStorage(f"file://{sweep_dir}")
+    with pytest.raises(RunExistsError, match="holds a sweep already"):
+        check_sweep_dir(uri, None, resume=False)
+    check_sweep_dir(RunStorage(tmp_path / "new"), None, resume=False)  # a new one is fine

@@ -50,7 +50,11 @@ class Existing:
 
 
 def find_existing(storage: RunStorage) -> Existing | None:
-    """The run in `storage`, if there is one (its `config.yaml` says so)."""
+    """The run in `storage`, if there is one (its `config.yaml` says so). A sweep's
+    directory is refused whatever `--if-exists` says: no run may write into it."""
+    if storage.read_text("sweep.json") is not None:
+        raise RunExistsError(f"--run-dir {storage.target!r} holds a sweep; a training run "
+                             "never writes into it (choose another --run-dir)")
     if storage.read_text("config.yaml") is None:
         return None
     summary_text = storage.read_text("summary.json")

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from qfleet.config import Config, ConfigError
+from qfleet.errors import RunExistsError
 from qfleet.runs.storage import RunStorage
 from qfleet.sweep.results import TrialRow, rank, write_best, write_trials_csv
 from qfleet.sweep.space import Sweep
@@ -173,14 +174,16 @@ def _best(best: TrialRow | None, storage: RunStorage) -> dict[str, Any] | None:
 def check_sweep_dir(storage: RunStorage, plan: SweepPlan, resume: bool) -> None:
     """A new sweep never mixes with an old one's trials; a resumed one is the same sweep
     (Ray Tune restores its own scheduler and settings, whatever the command says now)."""
-    if resume:
-        storage.fetch()
-    found = storage.local / "sweep.json"
-    if not resume:
-        if found.is_file():
-            raise ConfigError(f"--run-dir {storage}: holds a sweep already (continue it "
-                              "with --resume, or choose another directory)")
+    if not resume:  # asked of the URI itself: its staging copy is not fetched
+        if storage.read_text("sweep.json") is not None:
+            raise RunExistsError(f"--run-dir {storage}: holds a sweep already (continue it "
+                                 "with --resume, or choose another directory)")
+        if storage.read_text("config.yaml") is not None:
+            raise RunExistsError(f"--run-dir {storage}: holds a training run; a sweep "
+                                 "never writes into it (choose another directory)")
         return
+    storage.fetch()
+    found = storage.local / "sweep.json"
     if not found.is_file():
         raise ConfigError(f"--resume: {storage} holds no sweep (no sweep.json)")
     asked, saved = plan.to_dict(), json.loads(found.read_text())
