@@ -25,6 +25,7 @@ from typing import Any
 import psutil
 
 import qfleet
+from qfleet.runs.checkpoints import write_text_atomic
 
 HEADLINE_BEGIN, HEADLINE_END = "<!-- headline:begin -->", "<!-- headline:end -->"
 REQUIRED = ("benchmark", "command", "date", "machine", "qfleet_version", "result")
@@ -87,9 +88,7 @@ def envelope(benchmark: str, argv: list[str], result: dict[str, Any]) -> dict[st
 def save(path: Path, published: dict[str, Any]) -> None:
     """Written whole or not at all: a failed write never leaves half a result."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(published, indent=1) + "\n")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(published, indent=1) + "\n")
 
 
 def load(directory: Path) -> list[tuple[str, dict[str, Any]]]:

@@ -19,6 +19,18 @@ FORMAT = "qfleet-checkpoint/1"
 CKPT_DIR = "checkpoints"
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `<name>.tmp`, then rename it over `path`: a reader (or a crash) sees the old
+    file or the new one, never half of one (summary.json, a published result)."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def _write_atomic(path: Path, payload: dict[str, Any]) -> None:
     """Save to `<path>.tmp`, fsync, rename over `path` and fsync the folder: a crash
     leaves the old file or the new one, never half of one."""

@@ -8,7 +8,6 @@ decided: the first reason given wins.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from enum import StrEnum
@@ -25,6 +24,7 @@ from qfleet.runs.checkpoints import (
     prune_replays,
     save_checkpoint,
     save_replay,
+    write_text_atomic,
 )
 from qfleet.runs.storage import RunStorage, Uploader
 from qfleet.stats import Counters
@@ -236,7 +236,5 @@ class RunRecord:
         summary = {**summary, "stopped_by": self.stopped_by.value,
                    "stop_message": self.stop_message, "exit_code": self.stopped_by.exit_code,
                    "run_uri": self.storage.uri}
-        tmp = self.run_dir / "summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
-        os.replace(tmp, self.run_dir / "summary.json")
+        write_text_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary
