@@ -19,7 +19,15 @@ node_ports() {
 }
 
 # The node labels of the cloud files: `qfleet_learner` on the head, one `qfleet_actor` per
-# worker CPU (configs/spaceinvaders.yaml asks for both).
+# worker CPU (configs/spaceinvaders.yaml asks for both). With QFLEET_LEARNER_NODES=N the
+# label is on worker nodes 1..N instead: a learner that can lose its node and move.
+learner_label() {  # learner_label INDEX: the node's qfleet_learner entry, if it has one
+  local nodes="${QFLEET_LEARNER_NODES:-0}"
+  if { (($1 == 0)) && ((nodes == 0)); } || { (($1 > 0)) && (($1 <= nodes)); }; then
+    echo ', "qfleet_learner": 1'
+  fi
+}
+
 start_head() {  # start_head [EXTRA RAY START ARGS...]
   mkdir -p "$DIR"
   chmod 700 "$DIR"
@@ -28,7 +36,7 @@ start_head() {  # start_head [EXTRA RAY START ARGS...]
   fi
   # shellcheck disable=SC2046
   ray start --head --port="$GCS_PORT" --num-cpus="${QFLEET_HEAD_CPUS:-1}" \
-    --resources='{"qfleet_learner": 1}' --node-ip-address=127.0.0.1 \
+    --resources="{$(learner_label 0 | cut -c3-)}" --node-ip-address=127.0.0.1 \
     --include-dashboard=true --dashboard-host=127.0.0.1 --dashboard-port="$DASH_PORT" \
     --ray-client-server-port=$((GCS_PORT + 1)) --disable-usage-stats \
     $(node_ports 0) "$@" >"$DIR/head.log" 2>&1
@@ -44,6 +52,6 @@ print_client_settings() {
 start_worker() {  # start_worker INDEX CPUS
   # shellcheck disable=SC2046
   ray start --address="127.0.0.1:$GCS_PORT" --num-cpus="$2" --node-ip-address=127.0.0.1 \
-    --resources="{\"qfleet_actor\": $2}" --disable-usage-stats \
+    --resources="{\"qfleet_actor\": $2$(learner_label "$1")}" --disable-usage-stats \
     $(node_ports "$1") >"$DIR/worker-$1.log" 2>&1
 }

@@ -43,12 +43,13 @@ def run_dir(tmp_path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def local_cluster(state_dir: Path, script: str, *args: str, port_base: int
-                  ) -> Iterator[dict[str, str]]:
+def local_cluster(state_dir: Path, script: str, *args: str, port_base: int,
+                  settings: dict[str, str] | None = None) -> Iterator[dict[str, str]]:
     """A cluster started by one of `cluster/local-*start.sh` on its own ports; yields the
     environment a client of it needs (the script's export lines), and stops it. Nodes take
-    ports from `port_base` up; the GCS and the job server just below it."""
-    env = {**os.environ, "QFLEET_CLUSTER_DIR": str(state_dir),
+    ports from `port_base` up; the GCS and the job server just below it. `settings`: more
+    environment for the script (QFLEET_LEARNER_NODES, Ray's RAY_* settings)."""
+    env = {**os.environ, **(settings or {}), "QFLEET_CLUSTER_DIR": str(state_dir),
            "QFLEET_PORT_BASE": str(port_base), "QFLEET_GCS_PORT": str(port_base - 10),
            "QFLEET_DASHBOARD_PORT": str(port_base - 20)}
     env.pop("RAY_ADDRESS", None)

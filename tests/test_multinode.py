@@ -16,7 +16,8 @@ from tests.conftest import ROOT, local_cluster, summary
 
 pytestmark = pytest.mark.slow  # local multi-node clusters via `ray start`
 
-HEAD_ON_HEAD = 'learner.resources={"qfleet_learner": 1}'
+ON_LEARNER_NODES = 'learner.resources={"qfleet_learner": 1}'
+"""The learner on the nodes labelled `qfleet_learner`: the head, unless QFLEET_LEARNER_NODES."""
 
 
 @pytest.fixture
@@ -37,7 +38,7 @@ def test_ray_job_submit_ships_the_working_dir_and_trains_on_worker_nodes(cluster
     run_dir = tmp_path / "run"
     cmd = ["ray", "job", "submit", "--address", cluster["QFLEET_JOB_ADDRESS"],
            "--working-dir", str(work), "--",
-           "qfleet", "train", "only-here.yaml", "actors.num_actors=2", HEAD_ON_HEAD,
+           "qfleet", "train", "only-here.yaml", "actors.num_actors=2", ON_LEARNER_NODES,
            "--run-dir", str(run_dir)]
     result = subprocess.run(cmd, cwd=tmp_path, env=cluster, capture_output=True, text=True,
                             timeout=400)
@@ -56,7 +57,7 @@ def test_auto_fleet_grows_when_a_node_joins_and_survives_a_node_loss(cluster, tm
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "qfleet.cli", "train", "configs/cartpole.yaml",
            "actors.num_actors=auto", "stop.time_s=60", "stop.target_return=null",
-           HEAD_ON_HEAD, "--run-dir", str(run_dir)]
+           ON_LEARNER_NODES, "--run-dir", str(run_dir)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=cluster, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
@@ -129,7 +130,7 @@ def test_an_env_module_beside_the_config_reaches_actors_on_other_nodes(cluster, 
     (project / "walk.yaml").write_text(yaml.safe_dump(config))
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "qfleet.cli", "train", str(project / "walk.yaml"),
-           "actors.num_actors=2", HEAD_ON_HEAD, "--run-dir", str(run_dir)]
+           "actors.num_actors=2", ON_LEARNER_NODES, "--run-dir", str(run_dir)]
     result = subprocess.run(cmd, cwd=tmp_path, env=cluster, capture_output=True, text=True,
                             timeout=400)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -139,3 +140,43 @@ def test_an_env_module_beside_the_config_reaches_actors_on_other_nodes(cluster, 
     shipped = {f for f in imported_from if "runtime_resources" in f}
     assert shipped, imported_from  # the workers' copies came from Ray's upload
     assert imported_from - shipped == {str(project / "walk_env_beside.py")}  # the driver's
+
+
+QUICK_HEALTH_CHECKS = {"RAY_health_check_period_ms": "1000",
+                       "RAY_health_check_failure_threshold": "3"}
+"""A lost node noticed in ~3 s instead of Ray's ~15 s (docs/guides/failures.md)."""
+
+
+def test_a_learner_whose_node_dies_comes_back_on_another_node_and_the_run_reaches_its_target(
+        tmp_path):
+    """The learner on a worker node (QFLEET_LEARNER_NODES=2: two nodes may host it), that
+    whole node killed after the first checkpoint: the learner restarts on the other one
+    from the run directory's checkpoint, and the run still reaches its target."""
+    settings = {"QFLEET_LEARNER_NODES": "2", **QUICK_HEALTH_CHECKS}
+    with local_cluster(tmp_path / "cluster", "cluster/local-start.sh", "3", "2",
+                       port_base=25000, settings=settings) as env:
+        run_dir = tmp_path / "run"
+        cmd = [sys.executable, "-m", "qfleet.cli", "train", "configs/cartpole.yaml",
+               "actors.num_actors=2", ON_LEARNER_NODES, "log.checkpoint_every_updates=100",
+               "stop.time_s=240", "--run-dir", str(run_dir)]
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        try:
+            deadline = time.monotonic() + 180
+            while not list((run_dir / "checkpoints").glob("ckpt-*.pt")):
+                assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint"
+                time.sleep(0.1)
+            kill = subprocess.run(["bash", "cluster/local-kill-worker.sh", "learner"], cwd=ROOT,
+                                  env=env, capture_output=True, text=True, timeout=60)
+            assert kill.returncode == 0, kill.stdout + kill.stderr
+            assert kill.stdout.strip() in {"worker node 1 killed", "worker node 2 killed"}
+            out, _ = proc.communicate(timeout=300)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 0, out[-3000:]
+    assert "learner lost (its node died" in out and "learner back on cpu" in out, out[-3000:]
+    assert "Last 20 lines of the Raylet logs" in out  # Ray's notice, cut to its first line
+    assert "[state-dump]" not in out
+    s = summary(run_dir)
+    assert s["learner_restarts"] >= 1 and s["stopped_by"] == "target_return", s

@@ -47,6 +47,28 @@ def connect_ray(address: str | None, cpus_needed: float, modules: Sequence[Path]
         raise ConfigError(f"env module {', '.join(m.name for m in modules)} could not be "
                           f"shipped to the cluster: {str(err).strip().splitlines()[-1]}"
                           ) from None
+    _cluster_errors_in_one_line()
+
+
+def _cluster_errors_in_one_line() -> None:
+    """Ray prints every cluster error it publishes (a node that died) on the driver's
+    console with the last lines of the raylet's log: some 25 lines per lost node, on a
+    run where nodes come and go for days. Keep the first line (the rest stays in Ray's
+    session logs); the run's own lines say what it did about it."""
+    import ray._private.worker as ray_worker  # Ray's error listener looks this up per call
+
+    original = getattr(ray_worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "qfleet_one_line", False):
+        return
+
+    def one_line(data: dict[str, Any], ignore_prefix: bool) -> None:
+        if data.get("pid") == "raylet":
+            data = {**data, "lines": [next(iter(str(line).strip().splitlines()), "")
+                                      for line in data.get("lines", [])]}
+        original(data, ignore_prefix)
+
+    one_line.qfleet_one_line = True  # type: ignore[attr-defined]
+    ray_worker.print_to_stdstream = one_line
 
 
 def _init(address: str | None, cpus_needed: float, runtime_env: dict[str, Any] | None

@@ -28,7 +28,9 @@ from qfleet.driver.placement import (
     actor_options,
     bundles_in,
     in_bundle,
+    learner_bundle,
     learner_options,
+    shape,
 )
 from qfleet.driver.reporter import Reporter
 from qfleet.envs import EnvSpec
@@ -44,6 +46,8 @@ STATS_TIMEOUT_S = 60.0
 CALL_TIMEOUT_S = 300.0
 """The longest any other call to the learner may take (a checkpoint with its replay)."""
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.5, 30.0
+WAITING_NOTE_S = 30.0
+"""How often a learner restart that waits for a node says so."""
 
 
 def _learner_start_error(err: BaseException) -> BaseException:
@@ -79,6 +83,7 @@ class Supervisor:
         self._stats_since = 0.0
         self._unreachable_since: float | None = None
         self._starting: tuple[ray.ObjectRef, float] | None = None
+        self._waiting_noted = 0.0  # when a waiting restart last said so
         self._switches: list[ray.ObjectRef] = []
         self.chunks_dropped = 0
         self.started = False  # the first learner is up (a run can end before it is)
@@ -212,6 +217,7 @@ class Supervisor:
         self.generation += 1
         self.learner = self._new_learner(state)
         self._starting = (self.learner.placement.remote(), time.monotonic())
+        self._waiting_noted = 0.0
 
     def _placed(self, placement: tuple[str, str, list[str]]) -> None:
         self.learner_device, self.learner_node, notes = placement
@@ -224,10 +230,17 @@ class Supervisor:
         ref, since = self._starting
         waited = time.monotonic() - since
         if not ray.wait([ref], timeout=0)[0]:
-            if waited > self.config.learner.start_timeout_s:
+            limit = self.config.learner.start_timeout_s
+            if waited > limit:
                 self._starting = None
-                self._learner_lost(f"its restart did not come up within "
-                                   f"{self.config.learner.start_timeout_s:g} s")
+                self._learner_lost(f"its restart did not come up within {limit:g} s")
+            elif waited - self._waiting_noted >= WAITING_NOTE_S:
+                # Its node is gone: a silent wait for another (or the autoscaler's) looks hung.
+                self._waiting_noted = waited
+                self.reporter.print(
+                    f"learner restart waiting {waited:.0f} s for a node with "
+                    f"{shape(learner_bundle(self.config))} (gives up after "
+                    f"learner.start_timeout_s={limit:g} s)")
             return
         try:
             self._placed(ray.get(ref))
