@@ -188,17 +188,26 @@ def recovery(seconds: Seconds = 9.0,
 
 
 @app.command()
-def chaos(seconds: Annotated[float, typer.Option(min=30.0, help="Length of the run.")] = 150.0,
-          kills: Annotated[int, typer.Option(min=1, max=20, help="Processes to kill.")] = 4,
+def chaos(seconds: Annotated[float, typer.Option(min=30.0, help="Length of each run.")] = 150.0,
+          kills: Annotated[int, typer.Option(min=1, max=20, help="Kills a run.")] = 4,
           learner_kills: Annotated[int | None, typer.Option(
-              min=0, help="How many of the kills hit the learner (default: half).")] = None,
-          seed: Annotated[int, typer.Option(help="Seed of the kill schedule.")] = 0,
+              min=0, help="How many of the kills hit the learner or its node (default: "
+                          "half).")] = None,
+          nodes: Annotated[int, typer.Option(
+              min=0, max=8, help="Worker nodes of a local multi-node Ray whose whole nodes "
+                                 "are killed (0: kill processes of an embedded Ray).")] = 0,
+          replace_s: Annotated[float, typer.Option(
+              min=0.0, help="Seconds after a node kill until a fresh node joins.")] = 10.0,
+          seed: Annotated[int, typer.Option(help="Seed of the first kill schedule.")] = 0,
+          seeds: Annotated[int, typer.Option(min=1, help="Runs, one seed each.")] = 1,
           checkpoint_every: Annotated[int, typer.Option(
               min=1, help="log.checkpoint_every_updates of the run.")] = 500,
           as_json: AsJson = False) -> None:
-    """SIGKILL actors and the learner of a real CartPole run at random moments."""
+    """Kill actors and the learner (or their whole nodes) of real CartPole runs at random
+    moments."""
     _report("chaos", seconds, kills=kills, learner_kills=learner_kills, seed=seed,
-            checkpoint_every=checkpoint_every, as_json=as_json)
+            seeds=seeds, nodes=nodes, replace_s=replace_s, checkpoint_every=checkpoint_every,
+            as_json=as_json)
 
 
 @app.command()

@@ -97,14 +97,14 @@ def run_processes(driver_pid: int, wanted: str) -> list[int]:
     return [p.pid for p in family if role(p) == wanted]
 
 
-def start_training(args: list[str], run_dir: str | Path, watch: bool = True
-                   ) -> subprocess.Popen[str]:
-    """`qfleet train ARGS --run-dir RUN_DIR` as a subprocess. Watched, its output is piped
-    and this returns once its start line (`qfleet: <env> | ...`) is printed; otherwise its
-    output is discarded."""
+def start_training(args: list[str], run_dir: str | Path, watch: bool = True,
+                   env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """`qfleet train ARGS --run-dir RUN_DIR` as a subprocess (in `env`: RAY_ADDRESS joins
+    a cluster). Watched, its output is piped and this returns once its start line
+    (`qfleet: <env> | ...`) is printed; otherwise its output is discarded."""
     out = subprocess.PIPE if watch else subprocess.DEVNULL
     proc = subprocess.Popen([sys.executable, "-m", "qfleet.cli", "train", *map(str, args),
-                             "--run-dir", str(run_dir)], stdout=out,
+                             "--run-dir", str(run_dir)], stdout=out, env=env,
                             stderr=subprocess.STDOUT if watch else subprocess.DEVNULL, text=True)
     if proc.stdout is not None:
         for line in proc.stdout:
