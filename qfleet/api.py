@@ -125,7 +125,8 @@ def prepare_run(config: ConfigLike | None, overrides: Sequence[str] = (), *,
     storage = RunStorage(run_dir) if run_dir is not None else None
     if resume is not None:
         source = RunStorage(resume)
-        source.fetch()
+        # Continued in place: the URI's files, not a dead driver's staging copy.
+        source.fetch(fresh=storage is None or storage.target == source.target)
         local = source.local
         if not (local / "config.yaml").is_file():
             raise CheckpointError(f"--resume {str(resume)!r} is not a qfleet run directory "

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from qfleet.bench.common import scalars
 from tests.conftest import ROOT, local_cluster, summary
 
 pytestmark = pytest.mark.slow  # local multi-node clusters via `ray start`
@@ -180,3 +181,49 @@ def test_a_learner_whose_node_dies_comes_back_on_another_node_and_the_run_reache
     assert "[state-dump]" not in out
     s = summary(run_dir)
     assert s["learner_restarts"] >= 1 and s["stopped_by"] == "target_return", s
+
+
+def test_a_run_whose_head_died_continues_on_a_new_head_from_its_storage_uri(tmp_path):
+    """The head (with the driver on it) killed mid-run, the run directory on a file://
+    URI; a new cluster, and the same command (`--if-exists resume`) run from another
+    machine's home (no staging copy): it continues from the URI's newest checkpoint, and
+    the URI's TensorBoard curves go on from there."""
+    bucket = tmp_path / "bucket"
+    uri = f"file://{bucket}/run"
+    cmd = [sys.executable, "-m", "qfleet.cli", "train", "configs/cartpole.yaml",
+           "actors.num_actors=2", ON_LEARNER_NODES, "stop.target_return=null",
+           "stop.env_steps=40000", "log.checkpoint_every_updates=200", "--run-dir", uri,
+           "--if-exists", "resume"]
+    with local_cluster(tmp_path / "cluster", "cluster/local-start.sh", "1", "2",
+                       port_base=23000) as env:
+        first = subprocess.Popen(cmd, cwd=ROOT, env={**env, "HOME": str(tmp_path / "head1")},
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            deadline = time.monotonic() + 180
+            while not list((bucket / "run" / "checkpoints").glob("ckpt-*.pt")):
+                assert first.poll() is None and time.monotonic() < deadline, "no checkpoint"
+                time.sleep(0.2)
+            time.sleep(2.0)  # a little past the checkpoint, as a crash would be
+        finally:
+            first.kill()  # the driver dies with its machine
+            first.communicate(timeout=60)
+        for script in ("local-kill-head.sh", "local-stop.sh", "local-start.sh"):
+            args = ["1", "2"] if script == "local-start.sh" else []
+            out = subprocess.run(["bash", f"cluster/{script}", *args], cwd=ROOT, env=env,
+                                 capture_output=True, text=True, timeout=180)
+            assert out.returncode == 0, out.stdout + out.stderr
+        checkpoints = sorted((bucket / "run" / "checkpoints").glob("ckpt-*.pt"))
+        newest = int(checkpoints[-1].stem.split("-")[1])
+        second = subprocess.run(cmd, cwd=ROOT, env={**env, "HOME": str(tmp_path / "head2")},
+                                capture_output=True, text=True, timeout=400)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    s = summary(bucket / "run")
+    assert s["stopped_by"] == "env_steps" and s["env_steps"] >= 40000
+    events = sorted((bucket / "run").glob("events.out.tfevents.*"))
+    assert len(events) == 2  # one per driver, side by side
+    first_run, resumed = (scalars(e, "learner/updates") for e in events)
+    assert first_run and resumed
+    assert resumed[0].value >= newest  # went on from the newest checkpoint, not from zero
+    # Rolled back by at most a checkpoint period (+ the updates of one report interval).
+    assert max(e.value for e in first_run) - newest <= 200 + 200
+    assert resumed[0].step >= first_run[0].step  # the env-step axis goes on, not from zero

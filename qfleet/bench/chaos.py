@@ -240,8 +240,11 @@ def _analyse(run_dir: Path, exit_code: int, done: list[dict[str, Any]],
         peak = max((e.value for e in updates if e.wall_time < t), default=None)
         if peak is None:
             continue
-        again = next((e.wall_time for e in updates if e.wall_time >= t and e.value >= peak),
-                     None)
+        # Counted from the restarted learner's first report: a report of the old learner
+        # can still arrive just after the kill.
+        since = back[0] if back else t
+        again = next((e.wall_time for e in updates if e.wall_time >= since and
+                      e.value >= peak), None)
         kill["training_s_lost"] = None if again is None else round(again - t, 1)
         start = next((u for w, u in restored if w >= t), None)
         if start is not None:
@@ -308,3 +311,14 @@ def describe(result: dict[str, Any]) -> list[str]:
                f"last kill: {result['all_reached_target']}; median training seconds lost "
                f"per learner kill: {result['median_training_s_lost']}")
     return out
+
+
+def headline(result: dict[str, Any]) -> list[tuple[str, str]]:
+    runs = result["runs"]
+    kills = sum(len(r["kills"]) for r in runs)
+    survived = sum(r["kills_survived"] for r in runs)
+    what = "whole-node kills" if result["nodes"] else "process kills"
+    return [(f"Chaos: {what}, {len(runs)} CartPole runs",
+             f"{survived} of {kills} survived; median {result['median_training_s_lost']} s of "
+             f"training lost per learner{'-node' if result['nodes'] else ''} kill; target "
+             f"reached after the last kill: {result['all_reached_target']}")]

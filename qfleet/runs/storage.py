@@ -60,8 +60,9 @@ class RunStorage:
     def __str__(self) -> str:
         return self.target
 
-    def fetch(self) -> None:
-        """Download the run from its URI (for --resume and evaluate)."""
+    def fetch(self, fresh: bool = False) -> None:
+        """Download the run from its URI (for --resume and evaluate). `fresh`: empty the
+        staging copy first (a run about to continue from the URI)."""
         if self.uri is None:
             return
         import pyarrow.fs as pafs
@@ -69,6 +70,10 @@ class RunStorage:
         info = self._fs.get_file_info(self._root)
         if info.type == pafs.FileType.NotFound:
             raise ConfigError(f"{self.uri!r} does not exist")
+        # The URI is the run: a staging copy left by a driver that died on this machine may
+        # hold files it never uploaded, which would be taken as sent and never mirrored.
+        if fresh:
+            shutil.rmtree(self.local, ignore_errors=True)
         self.local.mkdir(parents=True, exist_ok=True)
         for item in self._fs.get_file_info(pafs.FileSelector(self._root, recursive=True)):
             if item.type != pafs.FileType.File:
