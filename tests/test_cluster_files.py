@@ -1,7 +1,9 @@
 """The image and the cluster launcher files, checked against what Ray's launcher does with
 them: Ray's own `prepare_config` + `validate_config`, and one check per defect a review of
 them found (an ENTRYPOINT that eats the launcher's `bash`, a 2020 AMI, no GPU driver on
-GCP, labels no config used, ...). KubeRay's files: tests/test_kuberay.py."""
+GCP, labels no config used, ...), and the spot actor nodes against EC2's API model
+(botocore), the Compute API's field names and Ray's own autoscaler v2 scheduler.
+KubeRay's files: tests/test_kuberay.py."""
 
 from __future__ import annotations
 
@@ -12,11 +14,18 @@ import sys
 import zipfile
 from pathlib import Path
 
+import botocore.session
+import botocore.validate
 import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
+from ray.autoscaler.v2.instance_manager.config import AutoscalingConfig
+from ray.autoscaler.v2.scheduler import ResourceDemandScheduler, SchedulingRequest
+from ray.autoscaler.v2.utils import ResourceRequestUtil
+from ray.core.generated.autoscaler_pb2 import ResourceRequestByCount
 
 from qfleet.config import load_config
+from qfleet.driver.placement import actor_bundle
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
@@ -219,3 +228,105 @@ def test_what_the_build_context_lets_through_builds_the_package(tmp_path):
     assert presets and presets <= names  # `qfleet train configs/…` works from the image
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "qfleet = qfleet.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+# -- spot actor nodes --------------------------------------------------------------------------
+def is_spot(node: dict) -> bool:
+    """Whether a node type asks EC2 or Compute Engine for spot capacity."""
+    config = node["node_config"]
+    scheduling = config.get("scheduling", {})
+    return (config.get("InstanceMarketOptions", {}).get("MarketType") == "spot"
+            or (isinstance(scheduling, dict) and scheduling.get("provisioningModel") == "SPOT"))
+
+
+def off_market(node_config: dict) -> dict:
+    """A node config without its market: what a spot node and its on-demand twin share."""
+    market = ("InstanceMarketOptions", "scheduling")
+    return {k: v for k, v in node_config.items() if k not in market}
+
+
+@pytest.mark.parametrize("name", LAUNCHERS)
+def test_actors_scale_on_spot_nodes_with_an_on_demand_twin_and_the_head_stays_on_demand(name):
+    config = launcher(name)
+    types = config["available_node_types"]
+    head = config["head_node_type"]
+    assert not is_spot(types[head])  # the driver, the learner and its replay
+    used = load_config(CLUSTER_CONFIG)
+    spot = {n: t for n, t in types.items() if is_spot(t)}
+    on_demand = {n: t for n, t in types.items() if n != head and not is_spot(t)}
+    assert spot and on_demand
+    for node in spot.values():
+        assert all(node["resources"].get(k, 0) >= 1 for k in used.actors.resources)
+        assert not any(k in node["resources"] for k in used.learner.resources)
+        # The same machine on demand, ranked below it: v2 breaks a tie between equal
+        # nodes by `priority`, so spot is taken first.
+        twins = [t for t in on_demand.values() if t["resources"] == node["resources"]
+                 and off_market(t["node_config"]) == off_market(node["node_config"])]
+        assert twins and all(node["priority"] > t.get("priority", 0) for t in twins)
+
+
+@pytest.mark.parametrize("name", LAUNCHERS)
+def test_rays_autoscaler_takes_spot_first_and_on_demand_once_spot_timed_out(name):
+    """Ray's own v2 scheduler (`ray up` turns v2 on since Ray 2.50), given the fleet's actors:
+    spot nodes; with the spot type marked unavailable (what an allocation timeout does,
+    v2/instance_manager/subscribers/cloud_resource_monitor.py), the on-demand twin."""
+    raw = launcher(name)
+    # AWS's bootstrap reads the CPUs off the instance type (tests/test_aws.py runs it): as
+    # many as the type's qfleet_actor.
+    for node in raw["available_node_types"].values():
+        node["resources"].setdefault("CPU", node["resources"].get("qfleet_actor", 0))
+    autoscaling = AutoscalingConfig(raw, skip_content_hash=True)
+    used = load_config(CLUSTER_CONFIG)
+    request = ResourceRequestByCount(request=ResourceRequestUtil.make(actor_bundle(used)),
+                                     count=used.actors.num_actors)
+    spot = next(n for n, t in raw["available_node_types"].items() if is_spot(t))
+
+    def launches(**availability: dict[str, float]) -> dict[str, int]:
+        reply = ResourceDemandScheduler().schedule(SchedulingRequest(
+            disable_launch_config_check=True,
+            node_type_configs=autoscaling.get_node_type_configs(),
+            max_num_nodes=autoscaling.get_max_num_worker_nodes(),
+            resource_requests=[request], **availability))
+        return {launch.instance_type: launch.count for launch in reply.to_launch}
+
+    first = launches()
+    assert list(first) == [spot]
+    per_node = raw["available_node_types"][spot]["resources"]["qfleet_actor"]
+    assert first[spot] == -(-used.actors.num_actors // per_node)
+    fallback = launches(recoverable_resource_availabilities={spot: 0.0})
+    assert spot not in fallback and sum(fallback.values()) == first[spot]
+
+
+def test_aws_node_configs_are_what_ec2_run_instances_takes():
+    """Ray's AWS provider passes node_config to `create_instances` as it is (plus the counts
+    and a subnet): checked against EC2's own API model, enums included."""
+    shape = botocore.session.get_session().get_service_model("ec2").operation_model(
+        "RunInstances").input_shape
+    types = launcher("aws.yaml")["available_node_types"]
+    for node in types.values():
+        botocore.validate.validate_parameters(
+            {**node["node_config"], "MinCount": 1, "MaxCount": 1}, shape)
+    market = shape.members["InstanceMarketOptions"]
+    spot_shape = market.members["SpotOptions"]
+    for node in filter(is_spot, types.values()):
+        options = node["node_config"]["InstanceMarketOptions"]
+        assert options["MarketType"] in market.members["MarketType"].enum
+        spot = options["SpotOptions"]
+        for key, value in spot.items():
+            assert value in spot_shape.members[key].enum, key
+        # A reclaimed instance goes (persistent requests need stop or hibernate, which leave
+        # stopped instances behind); the autoscaler launches a new one.
+        assert spot == {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}
+
+
+def test_gcp_spot_actor_nodes_use_the_compute_apis_scheduling_object():
+    """instances.insert takes `scheduling` as one object (Ray's gcp examples write a list:
+    ray-project/ray#46248). A Spot VM cannot live-migrate or restart itself, and one
+    reclaimed is deleted rather than stopped (Compute Engine's default), so its disk goes."""
+    for name, node in launcher("gcp.yaml")["available_node_types"].items():
+        assert isinstance(node["node_config"].get("scheduling", {}), dict), name
+        if is_spot(node):
+            assert node["node_config"]["scheduling"] == {
+                "provisioningModel": "SPOT", "instanceTerminationAction": "DELETE",
+                "onHostMaintenance": "TERMINATE", "automaticRestart": False}
+            assert "preemptible" not in node["node_config"]["scheduling"]  # the old model

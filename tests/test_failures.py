@@ -149,6 +149,38 @@ def test_the_chaos_benchmark_kills_whole_nodes_and_the_run_survives_them():
     assert "Traceback" not in result.stderr
 
 
+def test_sigterm_to_the_process_group_during_the_final_evaluation_still_writes_the_summary(
+        run_dir):
+    """What `timeout`, a terminal's job control and some schedulers do: SIGTERM to the
+    whole process group, the embedded Ray's processes included, while the final
+    evaluation runs. The driver does not wait on the dead Ray: summary.json is written and
+    the process ends within 20 s."""
+    cmd = [sys.executable, "-m", "qfleet.cli", "train", str(CONFIGS / "cartpole.yaml"),
+           "env.id=tests.envs:Treadmill", "stop.env_steps=2000", "stop.target_return=null",
+           "eval.every_s=1000", "eval.max_episode_steps=100000000", "eval.final_time_s=300",
+           "--run-dir", str(run_dir)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("final evaluation: "):
+                break
+        time.sleep(2.0)
+        os.killpg(proc.pid, signal.SIGTERM)
+        sent = time.monotonic()
+        rest, _ = proc.communicate(timeout=60)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert "final evaluation abandoned" in rest, rest[-3000:]
+    assert took < 20, (took, rest[-3000:])
+    s = summary(run_dir)
+    assert s["stopped_by"] == "env_steps" and Path(s["checkpoint"]).is_file()
+    assert s["eval_return_mean"] is None
+
+
 def test_the_final_evaluation_ends_at_its_time_limit_and_counts_what_it_cut(run_dir):
     """An agent whose episodes never end (a barely trained Breakout agent that never
     presses FIRE): the final evaluation stops at eval.final_time_s, says so, and the summary

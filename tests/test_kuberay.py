@@ -1,7 +1,8 @@
 """The KubeRay files (cluster/k8s): each manifest parses, the RayJob and the RayCluster
-describe the same cluster (GPU head with the learner, autoscaled actor group, token auth,
-non-root pods writing the run volume), the NetworkPolicy covers their pods, and the image
-is named once and reaches every container through kustomize."""
+describe the same cluster (GPU head with the learner, autoscaled actor group on spot nodes
+that the head never takes, token auth, non-root pods writing the run volume), the
+NetworkPolicy covers their pods, and the image is named once and reaches every container
+through kustomize."""
 
 from __future__ import annotations
 
@@ -233,3 +234,57 @@ def test_ray_job_stop_leaves_the_driver_time_for_its_final_checkpoint(kind):
     head = cluster_specs()[kind]["headGroupSpec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e["value"] for e in head.get("env", [])}
     assert float(env["RAY_JOB_STOP_WAIT_TIME_S"]) >= 60  # Ray's default is 3 s
+
+
+# -- spot actor nodes --------------------------------------------------------------------------
+def selects(requirement: dict[str, Any], labels: dict[str, str]) -> bool:
+    """One node selector requirement as Kubernetes evaluates it (NotIn and DoesNotExist
+    hold on a node without the label)."""
+    key, op, values = requirement["key"], requirement["operator"], requirement.get("values", [])
+    return {"In": key in labels and labels[key] in values,
+            "NotIn": labels.get(key) not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels}[op]
+
+
+def schedulable(pod: dict[str, Any], labels: dict[str, str],
+                taints: list[dict[str, str]]) -> bool:
+    """Whether the scheduler may put the pod on a node: nodeSelector, required node
+    affinity (terms ORed, expressions ANDed) and NoSchedule taints against tolerations."""
+    if any(labels.get(k) != v for k, v in pod.get("nodeSelector", {}).items()):
+        return False
+    required = (pod.get("affinity", {}).get("nodeAffinity", {})
+                .get("requiredDuringSchedulingIgnoredDuringExecution"))
+    if required and not any(all(selects(r, labels) for r in term["matchExpressions"])
+                            for term in required["nodeSelectorTerms"]):
+        return False
+
+    def tolerated(taint: dict[str, str]) -> bool:
+        return any(t["key"] == taint["key"] and t.get("effect", taint["effect"]) == taint["effect"]
+                   and (t["operator"] == "Exists" or t.get("value") == taint["value"])
+                   for t in pod.get("tolerations", []))
+    return all(tolerated(t) for t in taints if t["effect"] == "NoSchedule")
+
+
+GKE_SPOT = {"cloud.google.com/gke-spot": "true"}  # the label GKE puts on Spot VM nodes
+EKS_SPOT = {"eks.amazonaws.com/capacityType": "SPOT"}  # EKS managed node groups' label
+SPOT_TAINT = {"key": "cloud.google.com/gke-spot", "value": "true", "effect": "NoSchedule"}
+NODES = {  # name: (labels, taints, a spot node)
+    "gke spot": (GKE_SPOT, [], True),
+    "gke spot, tainted": (GKE_SPOT, [SPOT_TAINT], True),
+    "eks spot": (EKS_SPOT, [], True),
+    "eks on demand": ({"eks.amazonaws.com/capacityType": "ON_DEMAND"}, [], False),
+    "gke standard": ({"cloud.google.com/gke-nodepool": "default-pool"}, [], False),
+}
+
+
+@pytest.mark.parametrize("kind", ENTRY_POINTS.values())
+def test_the_actor_group_runs_on_spot_nodes_and_the_head_never_does(kind):
+    spec = cluster_specs()[kind]
+    head = spec["headGroupSpec"]["template"]["spec"]
+    (actors,) = spec["workerGroupSpecs"]
+    assert ray_resources(actors["rayStartParams"]).get("qfleet_actor", 0) >= 1
+    actor_pod = actors["template"]["spec"]
+    for name, (labels, taints, spot) in NODES.items():
+        assert schedulable(actor_pod, labels, taints) == spot, name
+        assert schedulable(head, labels, taints) != spot, name

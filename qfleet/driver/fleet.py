@@ -26,6 +26,7 @@ from qfleet.driver.greedy_evaluations import VIDEO_GRACE_S, Evaluations
 from qfleet.driver.placement import (
     autoscaler_present,
     check_placeable,
+    ray_answers,
     resolve_actor_device,
     resolve_fleet,
 )
@@ -387,7 +388,13 @@ class Fleet:
         # A sweep trial's end: Ray Tune kills it 10 s after asking, so no replay save and
         # no wait for a video; nor after a benchmark's window.
         hurried = record.stopped_by in (StopReason.SWEEP, StopReason.MEASURED)
-        final = sup.stop_learner()
+        # After a SIGTERM Ray may have died with this process (its process group): then
+        # the newest checkpoint and the counters of the last report are what there is.
+        ray_up = not self._terminating or ray_answers()
+        if not ray_up:
+            self.reporter.print("Ray is gone (stopped with this process): the summary "
+                                "comes from the newest checkpoint and the last report")
+        final = sup.stop_learner() if ray_up else None
         if final is not None:
             network = final["network"]
             self.counters = Counters.from_dict(final["counters"])
@@ -408,7 +415,6 @@ class Fleet:
                 if episodes is not None:
                     self._record_final(episodes)
         path = record.newest_checkpoint()
-        sup.shutdown()
         wall = time.monotonic() - self.command_start
         s = self.counters
         saved = (self.resume or {}).get("replay")
@@ -448,6 +454,8 @@ class Fleet:
                                             s.updates / max(wall, 1e-9)),
                              self.eval_mean, force=True)
         self.reporter.close()
+        if not self._terminating or ray_answers():  # a dead Ray would keep us a minute
+            sup.shutdown()
         return summary
 
     def _save_replay(self, updates: int) -> None:

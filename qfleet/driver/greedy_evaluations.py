@@ -129,9 +129,8 @@ class Evaluations:
                 result = self.collect(timeout=1.0)
                 if result is not None:
                     return result
-            if give_up():
+            if give_up():  # its evaluator goes with the fleet (if Ray is still there)
                 self._eval_ref = None
-                self._replace()
                 self.reporter.print("final evaluation abandoned")
                 return None
         return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import time
 import warnings
 from collections.abc import Sequence
@@ -87,6 +88,19 @@ def _init(address: str | None, cpus_needed: float, runtime_env: dict[str, Any] |
     ray.init(address="local", num_cpus=max(usable_cpus(), math.ceil(cpus_needed)),
              include_dashboard=False, logging_level="WARNING", log_to_driver=False,
              runtime_env=runtime_env)
+
+
+def ray_answers(timeout_s: float = 1.0) -> bool:
+    """Whether this driver's Ray (its GCS) still takes connections. A SIGTERM to the whole
+    process group (`timeout`, a terminal's job control, some schedulers) kills an embedded
+    Ray with the driver, and every call into a dead Ray waits a minute, then ends the
+    process: an ending asks this first."""
+    try:
+        host, port = ray.get_runtime_context().gcs_address.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            return True
+    except Exception:  # not connected, no address, refused, timed out
+        return False
 
 
 def usable_cpus() -> int:
