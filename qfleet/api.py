@@ -27,7 +27,7 @@ from qfleet.runs.checkpoints import (
     load_checkpoint,
     load_run_state,
 )
-from qfleet.runs.existing import Existing
+from qfleet.runs.existing import Existing, check_video_dir
 from qfleet.runs.storage import RunStorage
 
 ConfigLike = str | os.PathLike[str] | dict[str, Any] | Config
@@ -339,6 +339,8 @@ def evaluate(checkpoint_or_run_dir: str | os.PathLike[str], episodes: int = 10,
 
     if episodes < 1:
         raise ConfigError(f"episodes: expected at least 1, got {episodes}")
+    if video_dir is not None:
+        check_video_dir(Path(video_dir))
     policy = load_policy(checkpoint_or_run_dir)
     config = policy.config
     if protocol is not None and not is_atari(config.env.id):

@@ -89,3 +89,18 @@ def test_a_sweep_directory_and_a_run_directory_never_take_each_other(tmp_path):
     with pytest.raises(RunExistsError, match="holds a sweep already"):
         check_sweep_dir(uri, None, resume=False)
     check_sweep_dir(RunStorage(tmp_path / "new"), None, resume=False)  # a new one is fine
+
+
+def test_evaluate_writes_its_videos_neither_into_a_run_nor_over_other_videos(tmp_path):
+    run_dir = tmp_path / "run"
+    before = fake_run(run_dir, "env_steps")
+    result = qfleet("evaluate", run_dir, "--video", run_dir / "videos", timeout=120)
+    assert_one_line_error(result, f"--video '{run_dir / 'videos'}' is inside the run "
+                          f"directory '{run_dir}'")
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+    earlier = tmp_path / "videos"
+    earlier.mkdir()
+    (earlier / "episode-001.mp4").write_bytes(b"an earlier evaluation")
+    result = qfleet("evaluate", run_dir, "--video", earlier, timeout=120)
+    assert_one_line_error(result, "holds another evaluation's videos already")
+    assert (earlier / "episode-001.mp4").read_bytes() == b"an earlier evaluation"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from qfleet.errors import RunExistsError
@@ -71,3 +72,18 @@ def refuse(storage: RunStorage, existing: Existing) -> RunExistsError:
         f"--run-dir {storage.target!r} holds a run already ({existing.describe()}); "
         "--if-exists resume continues it from its newest checkpoint, or give another "
         "--run-dir")
+
+
+def check_video_dir(target: Path) -> None:
+    """`evaluate --video DIR` writes `episode-NNN.mp4` files: never inside a run's or a
+    sweep's directory (their `videos/` belong to training), never over another
+    evaluation's videos."""
+    here = target.resolve()
+    for folder in (here, *here.parents):
+        if (folder / "sweep.json").is_file() or ((folder / "config.yaml").is_file() and (
+                (folder / CKPT_DIR).is_dir() or (folder / "summary.json").is_file())):
+            raise RunExistsError(f"--video {str(target)!r} is inside the run directory "
+                                 f"{str(folder)!r}; write the videos outside it")
+    if here.is_dir() and any(here.glob("episode-*.mp4")):
+        raise RunExistsError(f"--video {str(target)!r} holds another evaluation's videos "
+                             "already; give an empty or new directory")
