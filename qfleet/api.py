@@ -340,7 +340,7 @@ def evaluate(checkpoint_or_run_dir: str | os.PathLike[str], episodes: int = 10,
     if episodes < 1:
         raise ConfigError(f"episodes: expected at least 1, got {episodes}")
     if video_dir is not None:
-        check_video_dir(Path(video_dir))
+        check_video_dir(Path(video_dir), checkpoint_or_run_dir)
     policy = load_policy(checkpoint_or_run_dir)
     config = policy.config
     if protocol is not None and not is_atari(config.env.id):

@@ -91,14 +91,16 @@ def test_a_sweep_directory_and_a_run_directory_never_take_each_other(tmp_path):
     check_sweep_dir(RunStorage(tmp_path / "new"), None, resume=False)  # a new one is fine
 
 
-def test_evaluate_writes_its_videos_neither_into_a_run_nor_over_other_videos(tmp_path):
-    run_dir = tmp_path / "run"
-    before = fake_run(run_dir, "env_steps")
-    result = qfleet("evaluate", run_dir, "--video", run_dir / "videos", timeout=120)
-    assert_one_line_error(result, f"--video '{run_dir / 'videos'}' is inside the run "
-                          f"directory '{run_dir}'")
-    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
-    earlier = tmp_path / "videos"
+def test_evaluate_writes_its_videos_neither_into_another_run_nor_over_other_videos(
+        tmp_path):
+    run_dir, other = tmp_path / "run", tmp_path / "other"
+    fake_run(run_dir, "env_steps")
+    before = fake_run(other, "env_steps")
+    result = qfleet("evaluate", run_dir, "--video", other / "videos", timeout=120)
+    assert_one_line_error(result, f"--video '{other / 'videos'}' is inside another run's "
+                          f"directory '{other}'")
+    assert {p: p.read_bytes() for p in other.rglob("*") if p.is_file()} == before
+    earlier = run_dir / "eval-videos"  # the evaluated run's own folder is fine, but...
     earlier.mkdir()
     (earlier / "episode-001.mp4").write_bytes(b"an earlier evaluation")
     result = qfleet("evaluate", run_dir, "--video", earlier, timeout=120)

@@ -74,16 +74,21 @@ def refuse(storage: RunStorage, existing: Existing) -> RunExistsError:
         "--run-dir")
 
 
-def check_video_dir(target: Path) -> None:
-    """`evaluate --video DIR` writes `episode-NNN.mp4` files: never inside a run's or a
-    sweep's directory (their `videos/` belong to training), never over another
+def check_video_dir(target: Path, evaluated: str | Path) -> None:
+    """`evaluate --video DIR` writes `episode-NNN.mp4` files: never inside another run's
+    or a sweep's directory (inside the evaluated run's own is fine), never over another
     evaluation's videos."""
     here = target.resolve()
+    source = Path(evaluated).resolve()
+    if source.is_file():  # a checkpoint: its run is the folder above `checkpoints/`
+        source = source.parent.parent if source.parent.name == CKPT_DIR else source.parent
     for folder in (here, *here.parents):
+        if folder == source:
+            break
         if (folder / "sweep.json").is_file() or ((folder / "config.yaml").is_file() and (
                 (folder / CKPT_DIR).is_dir() or (folder / "summary.json").is_file())):
-            raise RunExistsError(f"--video {str(target)!r} is inside the run directory "
-                                 f"{str(folder)!r}; write the videos outside it")
+            raise RunExistsError(f"--video {str(target)!r} is inside another run's "
+                                 f"directory {str(folder)!r}; write the videos elsewhere")
     if here.is_dir() and any(here.glob("episode-*.mp4")):
         raise RunExistsError(f"--video {str(target)!r} holds another evaluation's videos "
                              "already; give an empty or new directory")
