@@ -40,6 +40,20 @@ start_head() {  # start_head [EXTRA RAY START ARGS...]
     --include-dashboard=true --dashboard-host=127.0.0.1 --dashboard-port="$DASH_PORT" \
     --ray-client-server-port=$((GCS_PORT + 1)) --disable-usage-stats \
     $(node_ports 0) "$@" >"$DIR/head.log" 2>&1
+  # The cluster's session directory names the processes of all its nodes: local-stop.sh
+  # stops those, and leaves any other Ray on this machine running.
+  python3 - "$GCS_PORT" >"$DIR/session" <<'PY'
+import os, sys
+
+import psutil
+
+for proc in psutil.process_iter(["cmdline"]):
+    args = proc.info["cmdline"] or []
+    if f"--gcs_server_port={sys.argv[1]}" in args:
+        logs = next(a.split("=", 1)[1] for a in args if a.startswith("--log_dir="))
+        print(os.path.dirname(logs))
+        break
+PY
 }
 
 print_client_settings() {
