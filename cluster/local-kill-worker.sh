@@ -10,8 +10,11 @@ if [[ "$index" == learner ]]; then
   # A worker process is its raylet's child; the raylet's object manager port names the node.
   index=""
   for pid in $(pgrep -f '^ray::LearnerWorker' || true); do
-    raylet=$(ps -o ppid= -p "$pid" | tr -d ' ')
-    port=$(ps -o args= -p "$raylet" | grep -o -- '--object_manager_port=[0-9]*' | cut -d= -f2)
+    # Either process may be gone by now (another run's learner that ended, say).
+    raylet=$(ps -o ppid= -p "$pid" 2>/dev/null | tr -d ' ' || true)
+    [[ -n "$raylet" ]] || continue
+    port=$(ps -o args= -p "$raylet" 2>/dev/null | grep -o -- '--object_manager_port=[0-9]*' \
+      | cut -d= -f2 || true)
     [[ -n "$port" ]] || continue
     offset=$((port - 1 - PORT_BASE))
     if ((offset >= 0 && offset % 100 == 0 && offset / 100 < 100)); then
