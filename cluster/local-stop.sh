@@ -9,6 +9,7 @@ if [[ ! -s "$DIR/session" ]]; then
   exit 0
 fi
 python3 - "$(cat "$DIR/session")" "$GCS_PORT" <<'PY'
+import os
 import sys
 
 import psutil
@@ -41,6 +42,18 @@ for proc in alive:
     except psutil.Error:
         pass
 psutil.wait_procs(alive, timeout=10)
+
+# As `ray stop` does: a plain `ray.init()` must not find this cluster's address any more
+# (it would try to join the stopped cluster); another cluster's address stays.
+from ray._common.utils import get_ray_address_file
+
+address_file = get_ray_address_file(None)
+try:
+    with open(address_file) as f:
+        if f.read().strip().endswith(f":{port}"):
+            os.remove(address_file)
+except OSError:
+    pass
 PY
 rm -f "$DIR/session"
 echo "stopped"
