@@ -9,13 +9,14 @@ TOKEN_FILE="$DIR/auth_token"
 export RAY_AUTH_MODE=token
 export RAY_AUTH_TOKEN_PATH="$TOKEN_FILE"
 
-# Ports of node i: PORT_BASE + 100*i + 0..5, and worker ports PORT_BASE + 10000 + 1000*i.
+# Ports of node i: PORT_BASE + 100*i + 0..5, and 200 worker ports from PORT_BASE + 10000 + 200*i
+# (clusters 1,000 apart in PORT_BASE keep apart for up to 5 nodes).
 node_ports() {
-  local base=$((PORT_BASE + 100 * $1)) workers=$((PORT_BASE + 10000 + 1000 * $1))
+  local base=$((PORT_BASE + 100 * $1)) workers=$((PORT_BASE + 10000 + 200 * $1))
   echo "--node-manager-port=$base --object-manager-port=$((base + 1))" \
        "--runtime-env-agent-port=$((base + 2)) --dashboard-agent-grpc-port=$((base + 3))" \
        "--dashboard-agent-listen-port=$((base + 4)) --metrics-export-port=$((base + 5))" \
-       "--min-worker-port=$workers --max-worker-port=$((workers + 999))"
+       "--min-worker-port=$workers --max-worker-port=$((workers + 199))"
 }
 
 # The node labels of the cloud files: `qfleet_learner` on the head, one `qfleet_actor` per

@@ -76,7 +76,8 @@ def test_an_actor_placed_for_cuda_without_a_visible_gpu_acts_on_its_cpu():
 @pytest.fixture
 def gpu_ray():
     """A local Ray that declares one GPU (a logical resource: torch here sees none)."""
-    ray.init(num_cpus=3, num_gpus=1, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=3, num_gpus=1, include_dashboard=False,
+             logging_level="ERROR")
     yield
     ray.shutdown()
 

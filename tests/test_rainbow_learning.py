@@ -24,7 +24,7 @@ NOISY = ["network.noisy=true", "actors.epsilon=none"]
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=3, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=3, include_dashboard=False, logging_level="ERROR")
     yield
     ray.shutdown()
 

@@ -114,7 +114,7 @@ def test_asha_needs_a_budget_to_cut_at(tmp_path):
 
 @pytest.mark.slow  # a local Ray
 def test_a_trial_places_each_part_in_its_own_bundle():
-    ray.init(num_cpus=3, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=3, include_dashboard=False, logging_level="ERROR")
     try:
         config = load_config(CONFIGS / "cartpole.yaml", ["actors.num_actors=2",
                                                          "learner.device=cpu"])
