@@ -13,7 +13,8 @@ if [[ "$index" == learner ]]; then
     # Either process may be gone by now (another run's learner that ended, say).
     raylet=$(ps -o ppid= -p "$pid" 2>/dev/null | tr -d ' ' || true)
     [[ -n "$raylet" ]] || continue
-    port=$(ps -o args= -p "$raylet" 2>/dev/null | grep -o -- '--object_manager_port=[0-9]*' \
+    # -ww: the whole command line; ps cuts it at $COLUMNS, which may be set (pytest-xdist).
+    port=$(ps -ww -o args= -p "$raylet" 2>/dev/null | grep -o -- '--object_manager_port=[0-9]*' \
       | cut -d= -f2 || true)
     [[ -n "$port" ]] || continue
     offset=$((port - 1 - PORT_BASE))

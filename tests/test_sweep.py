@@ -30,7 +30,9 @@ def results(sweep_dir: Path) -> dict[str, list[dict]]:
     """Each trial's reported results, in order (Tune's result.json lines)."""
     out = {}
     for file in sorted((sweep_dir / "tune").glob("*/result.json")):
-        out[file.parent.name] = [json.loads(line) for line in file.read_text().splitlines()]
+        text = file.read_text()
+        complete = text[:text.rfind("\n") + 1]  # not a line being written
+        out[file.parent.name] = [json.loads(line) for line in complete.splitlines()]
     return out
 
 
@@ -88,21 +90,28 @@ def test_a_two_trial_sweep_interrupted_then_resumed_ends_with_summaries_and_best
 def test_pbt_copies_a_checkpoint_into_another_trial_which_continues_from_its_counters(
         tmp_path):
     # PBT scores a trial only at its own perturbation points and exploits only the trial at
-    # hand, so a short budget can pass without an exploit: 60k env steps with an evaluation
-    # every 0.5 s give each trial many chances (30k, then 45k at 1 s, once gave none).
+    # hand, so no fixed budget is sure to see an exploit (30k env steps once gave none): the
+    # sweep runs until the first exploit's result is written, then is interrupted.
     sweep = tmp_path / "pbt.yaml"
     sweep.write_text("learner.lr: {loguniform: [1.0e-4, 3.0e-3]}\n"
                      "learner.target_update_every: {choice: [25, 50, 100]}\n")
     out = tmp_path / "pbt"
-    done = qfleet("tune", CONFIGS / "cartpole.yaml", sweep, "--trials", "2",
-                  "--scheduler", "pbt", "--perturb-every", "2", "--run-dir", out, *SHORT,
-                  "eval.every_s=0.5", "stop.env_steps=60000", timeout=400)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    by_trial = results(out)
-    assert len(by_trial) == 2
-    exploits = [(trial, r) for trial, rows in by_trial.items() for r in rows
-                if r.get("restored_from_trial") not in (None, trial)]
-    assert exploits, "PBT never exploited"
+    args = [sys.executable, "-m", "qfleet.cli", "tune", CONFIGS / "cartpole.yaml", sweep,
+            "--trials", "2", "--scheduler", "pbt", "--perturb-every", "2", "--run-dir", out,
+            *SHORT, "eval.every_s=0.5", "stop.env_steps=1000000"]
+    proc = subprocess.Popen(list(map(str, args)), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 400
+        while not (exploits := exploited(results(out))):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "PBT never exploited within 400 s"
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stdout[-3000:] + stderr[-3000:]
     trial, first = exploits[0]  # the receiver's first result from the donor's checkpoint
     # It continued the donor's counters (a fresh fleet counts from zero).
     assert first["updates"] >= first["restored_updates"] > 0
@@ -113,6 +122,12 @@ def test_pbt_copies_a_checkpoint_into_another_trial_which_continues_from_its_cou
     assert config["learner.target_update_every"] in (25, 50, 100)
     receiver = load_config(out / "trials" / trial / "config.yaml")
     assert receiver.learner.n_step == load_config(CONFIGS / "cartpole.yaml").learner.n_step
+
+
+def exploited(by_trial: dict[str, list[dict]]) -> list[tuple[str, dict]]:
+    """(receiver, its first result) for each result restored from another trial."""
+    return [(trial, r) for trial, rows in by_trial.items() for r in rows
+            if r.get("restored_from_trial") not in (None, trial)]
 
 
 def test_a_bad_sweep_file_exits_2_with_one_line(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 
 from qfleet.bench.common import run_processes, scalars
@@ -238,9 +240,12 @@ def test_a_killed_driver_resumes_with_the_replay_of_its_last_checkpoint(run_dir)
         assert time.monotonic() < deadline and proc.poll() is None
         time.sleep(0.5)
     time.sleep(1.0)
+    family = psutil.Process(proc.pid).children(recursive=True)  # its Ray, workers and all
     os.killpg(proc.pid, signal.SIGKILL)  # no goodbye: driver and its Ray die at once
     proc.wait(timeout=30)
-    subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=60)
+    for leftover in family:  # any that left the process group (not `ray stop`: that would
+        with contextlib.suppress(psutil.Error):  # end every other Ray on this machine too)
+            leftover.kill()
     assert not (run_dir / "summary.json").exists()
     result = qfleet("train", "--resume", run_dir, "stop.env_steps=1", "stop.time_s=null")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
