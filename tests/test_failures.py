@@ -135,7 +135,7 @@ def test_the_chaos_benchmark_kills_whole_nodes_and_the_run_survives_them():
     """Two worker nodes of a local multi-node Ray; the learner's node and then another
     killed (each replaced 5 s later): both survived, nothing lost beyond the newest
     checkpoint, and the target reached after the last kill."""
-    result = qfleet("bench", "chaos", "--nodes", "2", "--seconds", "60", "--kills", "2",
+    result = qfleet("bench", "chaos", "--nodes", "2", "--seconds", "90", "--kills", "2",
                     "--replace-s", "5", "--checkpoint-every", "200", "--json", timeout=400)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])

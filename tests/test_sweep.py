@@ -43,7 +43,7 @@ def test_a_two_trial_sweep_interrupted_then_resumed_ends_with_summaries_and_best
                      "learner.target_update_every: {choice: [50, 100]}\n")
     out = tmp_path / "sweep"
     args = [sys.executable, "-m", "qfleet.cli", "tune", CONFIGS / "cartpole.yaml", sweep,
-            "--trials", "2", "--run-dir", out, *SHORT, "stop.env_steps=25000"]
+            "--trials", "2", "--run-dir", out, *SHORT, "stop.env_steps=15000"]
     proc = subprocess.Popen(list(map(str, args)), cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:  # Ctrl-C once the first trial has a checkpoint
@@ -60,14 +60,14 @@ def test_a_two_trial_sweep_interrupted_then_resumed_ends_with_summaries_and_best
     assert "--resume" in stderr and "Traceback" not in stderr
 
     done = qfleet("tune", CONFIGS / "cartpole.yaml", sweep, "--trials", "2", "--run-dir", out,
-                  "--resume", *SHORT, "stop.env_steps=25000", timeout=400)
+                  "--resume", *SHORT, "stop.env_steps=15000", timeout=400)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     trials = sorted((out / "trials").iterdir())
     assert len(trials) == 2
     params = {}
     for trial in trials:
         summary = json.loads((trial / "summary.json").read_text())
-        assert summary["stopped_by"] == "env_steps" and summary["env_steps"] >= 25000
+        assert summary["stopped_by"] == "env_steps" and summary["env_steps"] >= 15000
         assert list(trial.glob("events.out.tfevents.*")) and list(trial.glob("checkpoints/*"))
         params[trial.name] = load_config(trial / "config.yaml").learner.lr
     # The interrupted trial continued from its own checkpoint, counters and all.

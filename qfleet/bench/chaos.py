@@ -222,7 +222,8 @@ def _analyse(run_dir: Path, exit_code: int, done: list[dict[str, Any]],
     # Where each learner restart began: its checkpoint's update count (0: fresh weights).
     restored = [(t, int(m.group(1) or 0)) for t, line in lines
                 if (m := re.search(r"restarting it from (?:checkpoint ckpt-(\d+)|fresh)", line))]
-    ends = [k["wall_time"] for k in done[1:]] + [float("inf")]
+    # Each kill's window lasts until the next one (none at all: the run ended first).
+    ends = ([k["wall_time"] for k in done[1:]] + [float("inf")]) if done else []
     for kill, until in zip(done, ends, strict=True):
         t = kill["wall_time"]
         said = "learner lost" if kill["victim"] == "learner" else " died ("
