@@ -103,10 +103,12 @@ def learner(seconds: Seconds = 9.0,
                 help="Value head: none, c51 or qr (learner.distribution).",
                 callback=_head)] = "none",
             noisy: Annotated[bool, typer.Option(help="Noisy nets (network.noisy).")] = False,
+            threads: Annotated[int, typer.Option(
+                min=1, help="torch's threads for a CPU update (learner.num_threads).")] = 1,
             as_json: AsJson = False) -> None:
     """Learner.step vs a bare torch loop with the same network, loss and optimizer."""
     _report("learner", seconds, batch_size=batch_size, device=device, cuda_graph=cuda_graph,
-            head=head, noisy=noisy, as_json=as_json)
+            head=head, noisy=noisy, threads=threads, as_json=as_json)
 
 
 @app.command()

@@ -13,7 +13,7 @@ from qfleet.bench.common import atari_config, interleaved
 
 def run(seconds: float, batch_size: int = 32, device: str = "auto",
         replay: str = "prioritized", cuda_graph: bool = True, head: str = "none",
-        noisy: bool = False) -> dict[str, Any]:
+        noisy: bool = False, threads: int = 1) -> dict[str, Any]:
     from qfleet.actors.actor import Actor
     from qfleet.envs import env_spec
     from qfleet.learner.learner import Learner, make_adam, pick_device
@@ -27,13 +27,15 @@ def run(seconds: float, batch_size: int = 32, device: str = "auto",
                            "network.dueling=true", "learner.publish_every=50",
                            "actors.num_actors=1", "actors.envs_per_actor=16",
                            f"learner.cuda_graph={cuda_graph}",
-                           f"learner.distribution={head}", f"network.noisy={noisy}"])
+                           f"learner.distribution={head}", f"network.noisy={noisy}",
+                           f"learner.num_threads={threads}"])
     spec = env_spec(config.env)
     learner = Learner(config, spec, dev)
     actor = Actor(config, spec, 0, seed=0)
     while len(learner.replay) < 4000:
         learner.add(actor.collect(16))
     actor.close()
+    torch.set_num_threads(threads)  # as the learner's process does (the actor set one)
     batch, _, _ = learner.replay.sample(batch_size)
 
     # The bare loop: the same network, loss, clipping and Adam on one fixed batch.
@@ -63,7 +65,7 @@ def run(seconds: float, batch_size: int = 32, device: str = "auto",
     ours, bare = interleaved(learner_update, bare_update, seconds=seconds)
     return {"bench": "learner", "device": str(dev), "batch_size": batch_size,
             "network": "nature_cnn+dueling" + ("+noisy" if noisy else ""),
-            "head": head, "replay": replay,
+            "head": head, "replay": replay, "threads": torch.get_num_threads(),
             "cuda_graph": cuda_graph and dev.type == "cuda",
             "learner_updates_per_s": ours, "bare_updates_per_s": bare, "ratio": ours / bare}
 
@@ -71,7 +73,8 @@ def run(seconds: float, batch_size: int = 32, device: str = "auto",
 def describe(result: dict[str, Any]) -> list[str]:
     graph = ", one CUDA graph an update" if result.get("cuda_graph") else ""
     head = "" if result.get("head", "none") == "none" else f", {result['head']} head"
-    return [f"learner on {result['device']}, batch {result['batch_size']}, "
+    threads = f", {result['threads']} threads" if result.get("threads", 1) > 1 else ""
+    return [f"learner on {result['device']}{threads}, batch {result['batch_size']}, "
             f"{result['replay']} replay{head}{graph}: "
             f"{result['learner_updates_per_s']:,.1f} updates/s",
             f"bare torch loop, same network/loss/optimizer: "
