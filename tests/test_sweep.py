@@ -9,7 +9,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -17,6 +19,7 @@ from qfleet.config import load_config
 from tests.conftest import CONFIGS, ROOT, assert_one_line_error, qfleet
 
 pytestmark = pytest.mark.slow
+T = TypeVar("T")
 
 # The trials' pace is pinned here, not taken from cartpole.yaml: the interrupt must land
 # before a trial's budget is spent, and PBT needs perturbation points within it.
@@ -36,38 +39,47 @@ def results(sweep_dir: Path) -> dict[str, list[dict]]:
     return out
 
 
+def tune_until(args: list[Any], ready: Callable[[], T], within_s: float, what: str
+               ) -> tuple[T, subprocess.CompletedProcess[str]]:
+    """`qfleet tune ARGS` until `ready()` gives something, then Ctrl-C (SIGINT) to it."""
+    proc = subprocess.Popen([sys.executable, "-m", "qfleet.cli", "tune", *map(str, args)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + within_s
+        while not (found := ready()):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, f"no {what} within {within_s:g} s"
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
+    return found, subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
 def test_a_two_trial_sweep_interrupted_then_resumed_ends_with_summaries_and_best_yaml(
         tmp_path):
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text("learner.lr: {loguniform: [1.0e-3, 3.0e-3]}\n"
                      "learner.target_update_every: {choice: [50, 100]}\n")
     out = tmp_path / "sweep"
-    args = [sys.executable, "-m", "qfleet.cli", "tune", CONFIGS / "cartpole.yaml", sweep,
-            "--trials", "2", "--run-dir", out, *SHORT, "stop.env_steps=15000"]
-    proc = subprocess.Popen(list(map(str, args)), cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:  # Ctrl-C once the first trial has a checkpoint
-        deadline = time.monotonic() + 240
-        while not list((out / "tune").glob("*/checkpoint_*")):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "no trial checkpoint within 240 s"
-            time.sleep(0.5)
-        proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=180)
-    finally:
-        proc.kill()
-    assert proc.returncode == 130, stdout + stderr
-    assert "--resume" in stderr and "Traceback" not in stderr
+    # Ctrl-C once the first trial has a checkpoint
+    _, stopped = tune_until([CONFIGS / "cartpole.yaml", sweep, "--trials", "2", "--run-dir",
+                             out, *SHORT, "stop.env_steps=25000"],
+                            lambda: list((out / "tune").glob("*/checkpoint_*")), 240,
+                            "a trial checkpoint")
+    assert stopped.returncode == 130, stopped.stdout + stopped.stderr
+    assert "--resume" in stopped.stderr and "Traceback" not in stopped.stderr
 
     done = qfleet("tune", CONFIGS / "cartpole.yaml", sweep, "--trials", "2", "--run-dir", out,
-                  "--resume", *SHORT, "stop.env_steps=15000", timeout=400)
+                  "--resume", *SHORT, "stop.env_steps=25000", timeout=400)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     trials = sorted((out / "trials").iterdir())
     assert len(trials) == 2
     params = {}
     for trial in trials:
         summary = json.loads((trial / "summary.json").read_text())
-        assert summary["stopped_by"] == "env_steps" and summary["env_steps"] >= 15000
+        assert summary["stopped_by"] == "env_steps" and summary["env_steps"] >= 25000
         assert list(trial.glob("events.out.tfevents.*")) and list(trial.glob("checkpoints/*"))
         params[trial.name] = load_config(trial / "config.yaml").learner.lr
     # The interrupted trial continued from its own checkpoint, counters and all.
@@ -96,22 +108,11 @@ def test_pbt_copies_a_checkpoint_into_another_trial_which_continues_from_its_cou
     sweep.write_text("learner.lr: {loguniform: [1.0e-4, 3.0e-3]}\n"
                      "learner.target_update_every: {choice: [25, 50, 100]}\n")
     out = tmp_path / "pbt"
-    args = [sys.executable, "-m", "qfleet.cli", "tune", CONFIGS / "cartpole.yaml", sweep,
-            "--trials", "2", "--scheduler", "pbt", "--perturb-every", "2", "--run-dir", out,
-            *SHORT, "eval.every_s=0.5", "stop.env_steps=1000000"]
-    proc = subprocess.Popen(list(map(str, args)), cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 400
-        while not (exploits := exploited(results(out))):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "PBT never exploited within 400 s"
-            time.sleep(0.5)
-        proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=180)
-    finally:
-        proc.kill()
-    assert proc.returncode == 130, stdout[-3000:] + stderr[-3000:]
+    exploits, stopped = tune_until(
+        [CONFIGS / "cartpole.yaml", sweep, "--trials", "2", "--scheduler", "pbt",
+         "--perturb-every", "2", "--run-dir", out, *SHORT, "eval.every_s=0.5",
+         "stop.env_steps=1000000"], lambda: exploited(results(out)), 400, "a PBT exploit")
+    assert stopped.returncode == 130, stopped.stdout[-3000:] + stopped.stderr[-3000:]
     trial, first = exploits[0]  # the receiver's first result from the donor's checkpoint
     # It continued the donor's counters (a fresh fleet counts from zero).
     assert first["updates"] >= first["restored_updates"] > 0
