@@ -43,6 +43,20 @@ def run_dir(tmp_path: Path) -> Path:
 
 
 @contextlib.contextmanager
+def own_ray(num_cpus: int, num_gpus: int = 0) -> Iterator[None]:
+    """A Ray of this test's own in this process: `address="local"`, since a plain
+    `ray.init()` joins the cluster another test (process) started last on this machine."""
+    import ray
+
+    ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+             logging_level="ERROR")
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@contextlib.contextmanager
 def local_cluster(state_dir: Path, script: str, *args: str, port_base: int,
                   settings: dict[str, str] | None = None) -> Iterator[dict[str, str]]:
     """A cluster started by one of `cluster/local-*start.sh` on its own ports; yields the

@@ -5,7 +5,6 @@ no GPU: it acts on its CPU, says so, and the run learns."""
 
 import numpy as np
 import pytest
-import ray
 import torch
 
 import qfleet
@@ -23,7 +22,7 @@ from qfleet.driver.placement import (
 from qfleet.envs import env_spec
 from qfleet.errors import PlacementError
 from qfleet.networks import build_q_network
-from tests.conftest import CONFIGS
+from tests.conftest import CONFIGS, own_ray
 
 ATARI = ["env.id=ALE/Pong-v5", "stop.env_steps=1", "network.kind=nature_cnn"]
 
@@ -76,10 +75,8 @@ def test_an_actor_placed_for_cuda_without_a_visible_gpu_acts_on_its_cpu():
 @pytest.fixture
 def gpu_ray():
     """A local Ray that declares one GPU (a logical resource: torch here sees none)."""
-    ray.init(address="local", num_cpus=3, num_gpus=1, include_dashboard=False,
-             logging_level="ERROR")
-    yield
-    ray.shutdown()
+    with own_ray(num_cpus=3, num_gpus=1):
+        yield
 
 
 @pytest.mark.slow  # a local Ray

@@ -6,21 +6,20 @@ import threading
 import time
 
 import pytest
-import ray
 
 from qfleet.actors.actor import Actor
 from qfleet.config import load_config
 from qfleet.envs import env_spec
 from qfleet.learner.worker import LearnerWorker
+from tests.conftest import own_ray
 
 pytestmark = pytest.mark.slow  # a real local Ray
 
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
+    with own_ray(num_cpus=2):
+        yield
 
 
 def test_a_checkpoint_copying_the_replay_holds_up_neither_add_nor_the_event_loop(local_ray):

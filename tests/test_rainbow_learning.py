@@ -8,11 +8,10 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
-import ray
 
 import qfleet
 from qfleet.bench.common import scalars
-from tests.conftest import CONFIGS
+from tests.conftest import CONFIGS, own_ray
 
 pytestmark = pytest.mark.slow
 
@@ -24,9 +23,8 @@ NOISY = ["network.noisy=true", "actors.epsilon=none"]
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(address="local", num_cpus=3, include_dashboard=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
+    with own_ray(num_cpus=3):
+        yield
 
 
 # qr with noisy nets learns too (`qfleet train configs/cartpole.yaml learner.distribution=qr

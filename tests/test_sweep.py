@@ -113,6 +113,7 @@ def test_pbt_copies_a_checkpoint_into_another_trial_which_continues_from_its_cou
          "--perturb-every", "2", "--run-dir", out, *SHORT, "eval.every_s=0.5",
          "stop.env_steps=1000000"], lambda: exploited(results(out)), 400, "a PBT exploit")
     assert stopped.returncode == 130, stopped.stdout[-3000:] + stopped.stderr[-3000:]
+    assert len(results(out)) == 2
     trial, first = exploits[0]  # the receiver's first result from the donor's checkpoint
     # It continued the donor's counters (a fresh fleet counts from zero).
     assert first["updates"] >= first["restored_updates"] > 0

@@ -11,7 +11,7 @@ from qfleet.config import ConfigError, load_config
 from qfleet.driver.placement import in_bundle, trial_bundles
 from qfleet.sweep.space import MUTABLE, load_sweep, trial_config
 from qfleet.sweep.tuner import SweepPlan, check_plan
-from tests.conftest import CONFIGS
+from tests.conftest import CONFIGS, own_ray
 
 BASE = load_config(CONFIGS / "cartpole.yaml", ["actors.num_actors=1"])
 
@@ -114,8 +114,7 @@ def test_asha_needs_a_budget_to_cut_at(tmp_path):
 
 @pytest.mark.slow  # a local Ray
 def test_a_trial_places_each_part_in_its_own_bundle():
-    ray.init(address="local", num_cpus=3, include_dashboard=False, logging_level="ERROR")
-    try:
+    with own_ray(num_cpus=3):
         config = load_config(CONFIGS / "cartpole.yaml", ["actors.num_actors=2",
                                                          "learner.device=cpu"])
         bundles = trial_bundles(config)
@@ -126,8 +125,6 @@ def test_a_trial_places_each_part_in_its_own_bundle():
         assert strategy.placement_group == group
         assert strategy.placement_group_bundle_index == 2
         assert in_bundle({"num_cpus": 1}, None, 2) == {"num_cpus": 1}
-    finally:
-        ray.shutdown()
 
 
 def test_a_trial_config_the_env_cannot_take_is_refused_before_ray_starts(tmp_path):
